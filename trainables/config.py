@@ -1,0 +1,186 @@
+"""The one config schema. Its field names are the keys of search spaces and exported YAML."""
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+from trainables.data.splits import DATASETS
+from trainables.models import model_names
+from trainables.sparsity.allocation import INIT_METHODS
+from trainables.sparsity.schedule import SCHEDULES
+
+METHODS = ("sfkd", "kd", "ft", "fitnet", "at", "sp")
+LR_SCHEDULES = ("multistep", "cosine")
+NEEDS_TEACHER = ("sfkd", "kd", "fitnet", "at", "sp")
+
+
+class ConfigError(ValueError):
+    """A config key that is unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class DistillConfig:
+    # Data
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    val_subset: int | None = None
+    synthetic_size: int = 2000
+    synthetic_classes: int = 10
+    image_size: int = 32
+    # Teacher and student
+    teacher: str = "auto"
+    teacher_arch: str = "resnet110"
+    teacher_epochs: int = 240
+    student: str = "resnet20"
+    # Loss: alpha*CE + beta*KD + gamma*(L_fg + bg_weight*L_bg) + at_weight*AT + sp_weight*SP
+    method: str = "sfkd"
+    alpha: float = 0.5
+    beta: float = 0.5
+    gamma: float = 0.5
+    bg_weight: float = 0.4
+    fg_size: int = 4
+    temperature: float = 4.0
+    at_weight: float = 1000.0
+    sp_weight: float = 3000.0
+    feature_stages: list = field(default_factory=lambda: [-1])
+    # Sparsity
+    density: float | None = None
+    sparsity: float | None = None
+    sparse_init: str = "ERK"
+    scored_positions: bool = True
+    score_batches: int = 1
+    prune_schedule: str = "one-shot"
+    prune_steps: int = 5
+    prune_interval: int = 1
+    # Optimisation
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "multistep"
+    lr_milestones: list = field(default_factory=lambda: [0.625, 0.75, 0.875])
+    lr_decay: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DistillConfig":
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}")
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+        return cls(**coerced)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("sparsity")  # resolved into density
+        return d
+
+    def replace(self, **changes) -> "DistillConfig":
+        d = self.to_dict()
+        if "sparsity" in changes:
+            d.pop("density")
+        d.update(changes)
+        return DistillConfig.from_dict(d)
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.density is not None and self.sparsity is not None:
+            raise ConfigError("give either density or sparsity, not both")
+        if self.sparsity is not None:
+            _in_range("sparsity", self.sparsity, 0.0, 1.0, lo_open=False, hi_open=True)
+            self.density, self.sparsity = 1.0 - float(self.sparsity), None
+        if self.density is None:
+            self.density = 0.9
+        _in_range("density", self.density, 0.0, 1.0, lo_open=True)
+        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("student", self.student, model_names())
+        _one_of("teacher_arch", self.teacher_arch, model_names())
+        _one_of("method", self.method, METHODS)
+        _one_of("sparse_init", self.sparse_init, INIT_METHODS)
+        _one_of("prune_schedule", self.prune_schedule, SCHEDULES)
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for k in ("alpha", "beta", "gamma", "at_weight", "sp_weight", "weight_decay", "momentum"):
+            _in_range(k, getattr(self, k), 0.0, float("inf"))
+        _in_range("bg_weight", self.bg_weight, 0.0, 1.0)
+        _in_range("val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
+        _in_range("temperature", self.temperature, 0.0, float("inf"), lo_open=True)
+        _in_range("lr", self.lr, 0.0, float("inf"), lo_open=True)
+        _in_range("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
+        for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_batches",
+                  "synthetic_size", "image_size"):
+            _in_range(k, getattr(self, k), 1, float("inf"))
+        _in_range("synthetic_classes", self.synthetic_classes, 2, float("inf"))
+        _in_range("fg_size", self.fg_size, 0, float("inf"))
+        for k in ("train_subset", "val_subset"):
+            if getattr(self, k) is not None:
+                _in_range(k, getattr(self, k), 1, float("inf"))
+        if not self.feature_stages or not all(isinstance(s, int) for s in self.feature_stages):
+            raise ConfigError(f"feature_stages must be a non-empty list of stage indices, got {self.feature_stages!r}")
+        if sorted(self.lr_milestones) != list(self.lr_milestones) or not all(0 < m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones must be increasing fractions of the budget in (0, 1), got {self.lr_milestones!r}")
+        if self.sparse_init == "magnitude" or self.prune_schedule in ("iterative", "cubic"):
+            if self.student != self.teacher_arch:
+                raise ConfigError(f"sparse_init magnitude and iterative pruning start from the teacher's weights, "
+                                  f"so student ({self.student}) must equal teacher_arch ({self.teacher_arch})")
+            if self.prune_schedule in ("iterative", "cubic") and self.sparse_init != "magnitude":
+                raise ConfigError(f"prune_schedule {self.prune_schedule} prunes by magnitude; set sparse_init: magnitude")
+        if self.teacher == "none" and (self.method in NEEDS_TEACHER or self.sparse_init == "magnitude"):
+            raise ConfigError(f"method {self.method} with sparse_init {self.sparse_init} needs a teacher; teacher is 'none'")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.method in NEEDS_TEACHER or self.sparse_init == "magnitude"
+
+
+def _one_of(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{key}: unknown value {value!r}; expected one of {', '.join(map(str, allowed))}")
+
+
+def _in_range(key, value, lo, hi, lo_open=False, hi_open=False):
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        hi_s = "inf" if hi == float("inf") else hi
+        raise ConfigError(f"{key}: {value!r} is out of range; expected a value in {lb}{lo}, {hi_s}{rb}")
+
+
+def _coerce(key, value, hint):
+    """Accept YAML's values for the declared type: ints for floats, nothing else implicit."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) or args else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: null is not allowed; expected {getattr(base, '__name__', base)}")
+    origin = typing.get_origin(base) or base
+    if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if origin is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if origin is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if origin is bool and isinstance(value, bool):
+        return value
+    if origin is str and isinstance(value, str):
+        return value
+    if origin is list and isinstance(value, (list, tuple)):
+        return list(value)
+    expected = getattr(origin, "__name__", str(origin))
+    raise ConfigError(f"{key}: {value!r} has the wrong type; expected {expected}")

@@ -1,0 +1,121 @@
+"""One place that turns a dataset name into train / val / test uint8 tensors."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainables.data.sources import (
+    DataError, make_synthetic, read_image_folder, read_torchvision_cifar, unpack_archive,
+)
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+MEAN_STD = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class DataSplits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, held_out) index tensors; each class gives round(fraction * its count) to held_out."""
+    g = torch.Generator().manual_seed(int(seed))
+    keep, held = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(fraction * len(idx)))
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def _stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    if n is None or n >= len(labels):
+        return torch.arange(len(labels))
+    _, chosen = stratified_split(labels, n / len(labels), seed + 1)
+    return chosen
+
+
+def _read_tree(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    tx, ty, classes = read_image_folder(root / "train")
+    vx, vy, test_classes = read_image_folder(root / "test")
+    if test_classes != classes:
+        raise DataError(f"{root}: train/ and test/ have different class folders")
+    return tx, ty, vx, vy, len(classes)
+
+
+def _resolve_tree(data_dir: Path) -> Path | None:
+    """An ImageFolder root under data_dir (itself, one level down, or a .tar.gz of one), or None."""
+    if data_dir.is_file() and data_dir.name.endswith((".tar.gz", ".tgz")):
+        return unpack_archive(data_dir)
+    if (data_dir / "train").is_dir():
+        return data_dir
+    subs = [d for d in data_dir.iterdir() if (d / "train").is_dir()] if data_dir.is_dir() else []
+    return subs[0] if len(subs) == 1 else None
+
+
+def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0,
+                train_subset: int | None = None, val_subset: int | None = None, download: bool = False,
+                synthetic_size: int = 2000, synthetic_classes: int = 10, image_size: int = 32,
+                full_train: bool = False) -> DataSplits:
+    """Load a dataset and carve the seeded, stratified validation split from its training set.
+
+    full_train=True (the final run) trains on train+val and keeps val empty.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        tx, ty = make_synthetic(synthetic_size, synthetic_classes, image_size, seed=1000)
+        sx, sy = make_synthetic(max(200, synthetic_size // 5), synthetic_classes, image_size, seed=2000)
+        num_classes = synthetic_classes
+    else:
+        if not data_dir:
+            raise DataError(f"dataset {dataset} needs --data-dir (a folder with train/ and test/, or the torchvision files)")
+        root = Path(data_dir).expanduser().resolve()
+        if not root.exists():
+            raise DataError(f"data dir {root} does not exist")
+        tree = _resolve_tree(root)
+        if tree is not None:
+            tx, ty, sx, sy, num_classes = _read_tree(tree)
+            if dataset in NUM_CLASSES and num_classes != NUM_CLASSES[dataset]:
+                raise DataError(f"{tree} has {num_classes} classes; {dataset} expects {NUM_CLASSES[dataset]}")
+        elif dataset in NUM_CLASSES:
+            tx, ty = read_torchvision_cifar(dataset, root, True, download)
+            sx, sy = read_torchvision_cifar(dataset, root, False, download)
+            num_classes = NUM_CLASSES[dataset]
+        else:
+            raise DataError(f"{root} is not an ImageFolder tree; expected {root}/train/<class>/ and {root}/test/<class>/")
+
+    if full_train:
+        vx, vy = tx[:0], ty[:0]
+    else:
+        keep, held = stratified_split(ty, val_fraction, seed)
+        vx, vy, tx, ty = tx[held], ty[held], tx[keep], ty[keep]
+        pick = _stratified_subset(vy, val_subset, seed)
+        vx, vy = vx[pick], vy[pick]
+    pick = _stratified_subset(ty, train_subset, seed)
+    tx, ty = tx[pick], ty[pick]
+    if dataset in MEAN_STD:
+        mean, std = MEAN_STD[dataset]
+    else:
+        f = tx.float() / 255
+        mean = tuple(f.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(f.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return DataSplits(tx, ty, vx, vy, sx, sy, num_classes, mean, std)

@@ -1,0 +1,293 @@
+"""DistillRun: the one training loop. A search trial, the final run and teacher training all use it."""
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainables.config import ConfigError, DistillConfig
+from trainables.data import DataSplits, DeviceLoader, load_splits
+from trainables.data.augment import normalize
+from trainables.losses import Connector, at_loss, check_fg_size, kd_loss, match_spatial, sfkd_parts, sp_loss
+from trainables.models import create_model
+from trainables.sparsity import (
+    apply_masks, check_density, get_masks, init_masks, maskable_parameters, prune_by_magnitude, pruning_plan,
+)
+from trainables.teacher import load_teacher
+
+LOSS_PARTS = ("ce", "kd", "fg", "bg", "at", "sp")
+
+
+def as_config(config) -> DistillConfig:
+    if isinstance(config, DistillConfig):
+        return config
+    return DistillConfig.from_dict(dict(config))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def stage_shapes(arch: str, num_classes: int, image_size: int) -> list[tuple[int, int, int]]:
+    """C x H x W of every stage map of `arch` for square inputs of `image_size`."""
+    model = create_model(arch, num_classes).eval()
+    with torch.no_grad():
+        _, feats = model(torch.zeros(1, 3, image_size, image_size), return_features=True)
+    return [tuple(f.shape[1:]) for f in feats]
+
+
+def check_feature_config(cfg: DistillConfig, num_classes: int, image_size: int) -> None:
+    """fg_size and feature_stages must fit the distilled maps; checked before anything trains."""
+    if not cfg.uses_teacher or cfg.method not in ("sfkd", "fitnet", "at", "sp"):
+        return
+    s_shapes = stage_shapes(cfg.student, num_classes, image_size)
+    t_shapes = stage_shapes(cfg.teacher_arch, num_classes, image_size)
+    for idx in cfg.feature_stages:
+        if not (-len(s_shapes) <= idx < len(s_shapes) and -len(t_shapes) <= idx < len(t_shapes)):
+            raise ConfigError(f"feature_stages: stage {idx} does not exist; {cfg.student} has {len(s_shapes)} stages")
+        if cfg.method == "sfkd":
+            h = min(s_shapes[idx][1], t_shapes[idx][1])
+            w = min(s_shapes[idx][2], t_shapes[idx][2])
+            try:
+                check_fg_size(cfg.fg_size, h, w)
+            except ValueError as e:
+                raise ConfigError(f"fg_size: {e} (student {cfg.student}, stage {idx})") from None
+
+
+class DistillRun:
+    """Student, teacher, masks, optimizer and data of one distillation run, stepped an epoch at a time."""
+
+    def __init__(self, config, data: DataSplits | None = None, device: str | None = None,
+                 teacher: nn.Module | None = None, full_train: bool = False):
+        self.cfg = cfg = as_config(config)
+        self.device = pick_device(device or cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = data or load_splits(
+            cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.train_subset, cfg.val_subset,
+            cfg.download, cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, full_train=full_train)
+        nc = self.data.num_classes
+        check_feature_config(cfg, nc, self.data.image_size)
+        self.cuda = self.device.type == "cuda"
+        self.teacher, self.teacher_info = teacher, {}
+        if self.teacher is None and cfg.uses_teacher:
+            if cfg.teacher in ("auto", "none"):
+                raise ConfigError("teacher: give a teacher file (the search driver resolves 'auto' before trials start)")
+            self.teacher, self.teacher_info = load_teacher(cfg.teacher, cfg.teacher_arch, nc, self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.student = create_model(cfg.student, nc).to(self.device)
+        if cfg.sparse_init == "magnitude":
+            self.student.load_state_dict(self.teacher.state_dict())
+        self.connectors = self._build_connectors(nc)
+        if self.cuda:
+            self.student.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
+        self.plan = pruning_plan(cfg.prune_schedule, cfg.density, cfg.prune_steps, cfg.prune_interval)
+        self.current_density = 1.0 if self.plan else cfg.density
+        params = list(self.student.parameters()) + list(self.connectors.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = self._build_scheduler()
+        apply_masks(self.student, self._initial_masks(), self.optimizer)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
+                                         self.data.std, self.device, train=True, generator=self.generator,
+                                         channels_last=self.cuda)
+        self.epoch = 0
+        self.best = {}
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_connectors(self, num_classes: int) -> nn.ModuleList:
+        connectors = nn.ModuleList()
+        if self.teacher is None or self.cfg.method not in ("sfkd", "fitnet"):
+            return connectors
+        s_shapes = stage_shapes(self.cfg.student, num_classes, self.data.image_size)
+        t_shapes = stage_shapes(self.cfg.teacher_arch, num_classes, self.data.image_size)
+        for idx in self.cfg.feature_stages:
+            c_s, c_t = s_shapes[idx][0], t_shapes[idx][0]
+            connectors.append(Connector(c_s, c_t) if c_s != c_t else nn.Identity())
+        return connectors.to(self.device)
+
+    def _build_scheduler(self):
+        cfg = self.cfg
+        if cfg.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        milestones = sorted({max(1, round(m * cfg.epochs)) for m in cfg.lr_milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=cfg.lr_decay)
+
+    def _score_batches(self) -> list:
+        x, y = self.data.train_x, self.data.train_y
+        g = torch.Generator().manual_seed(self.cfg.seed + 7)
+        n = min(len(x), self.cfg.batch_size * self.cfg.score_batches)
+        idx = torch.randperm(len(x), generator=g)[:n]
+        xs = normalize(x[idx].to(self.device), torch.tensor(self.data.mean), torch.tensor(self.data.std))
+        ys = y[idx].to(self.device)
+        b = self.cfg.batch_size
+        return [(xs[i:i + b], ys[i:i + b]) for i in range(0, n, b)]
+
+    def _initial_masks(self) -> dict:
+        cfg = self.cfg
+        if self.plan:  # iterative / cubic: start dense from the teacher's weights
+            return {k: torch.ones_like(p, dtype=torch.bool) for k, p in maskable_parameters(self.student).items()}
+        kw = {"seed": cfg.seed, "scored_positions": cfg.scored_positions}
+        if cfg.sparse_init in ("SNIP", "GraSP"):
+            kw["batches"] = self._score_batches()
+        return init_masks(self.student, cfg.density, cfg.sparse_init, **kw)
+
+    @property
+    def masks(self) -> dict:
+        return get_masks(self.student)
+
+    # -- training -----------------------------------------------------------------------------
+    def _prune_if_planned(self) -> None:
+        if self.epoch not in self.plan:
+            return
+        density = self.plan[self.epoch]
+        masks = prune_by_magnitude(self.student, self.masks, density)
+        apply_masks(self.student, masks)
+        params = maskable_parameters(self.student)
+        for name, p in params.items():  # momentum of a pruned weight would push it off zero
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(masks[name].to(buf.dtype))
+        self.current_density = density
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        cfg = self.cfg
+        t_logits = t_feats = None
+        if self.teacher is not None and cfg.method != "ft":
+            with torch.inference_mode():
+                t_logits, t_feats = self.teacher(x, return_features=True)
+            # Inference tensors cannot be saved for backward; a clone is an ordinary constant.
+            t_logits = t_logits.clone()
+            t_feats = [t_feats[i].clone() for i in cfg.feature_stages]
+        logits, feats = self.student(x, return_features=True)
+        parts = {"ce": F.cross_entropy(logits.float(), y)}
+        total = cfg.alpha * parts["ce"]
+        if t_logits is not None and cfg.beta > 0:
+            parts["kd"] = kd_loss(logits, t_logits, cfg.temperature)
+            total = total + cfg.beta * parts["kd"]
+        if t_feats is not None and cfg.method in ("sfkd", "fitnet", "at", "sp"):
+            s_feats = [feats[i] for i in cfg.feature_stages]
+            for j, (f_s, f_t) in enumerate(zip(s_feats, t_feats)):
+                if cfg.method in ("sfkd", "fitnet"):
+                    f_s, f_t = match_spatial(self.connectors[j](f_s), f_t)
+                    fg, bg = sfkd_parts(f_s, f_t, 0 if cfg.method == "fitnet" else cfg.fg_size)
+                    parts["fg"] = parts.get("fg", 0) + fg
+                    parts["bg"] = parts.get("bg", 0) + bg
+                elif cfg.method == "at":
+                    parts["at"] = parts.get("at", 0) + at_loss(*match_spatial(f_s, f_t))
+                else:
+                    parts["sp"] = parts.get("sp", 0) + sp_loss(f_s, f_t)
+            if "fg" in parts:
+                total = total + cfg.gamma * (parts["fg"] + cfg.bg_weight * parts["bg"])
+            if "at" in parts:
+                total = total + cfg.at_weight * parts["at"]
+            if "sp" in parts:
+                total = total + cfg.sp_weight * parts["sp"]
+        return total, parts, logits
+
+    def train_epoch(self) -> dict:
+        """One epoch of training. Returns the mean loss parts, train accuracy, lr, density, img/s."""
+        self._prune_if_planned()
+        self.student.train()
+        self.connectors.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        sums = {k: torch.zeros((), device=self.device) for k in ("loss", "correct") + LOSS_PARTS}
+        seen, start = 0, time.perf_counter()
+        for x, y in self.train_loader:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                loss, parts, logits = self._losses(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                sums["loss"] += loss.detach() * len(y)
+                sums["correct"] += (logits.argmax(1) == y).sum()
+                for k, v in parts.items():
+                    sums[k] += v.detach() * len(y)
+            seen += len(y)
+        if self.cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        self.scheduler.step()
+        self.epoch += 1
+        values = {k: v.item() / max(seen, 1) for k, v in sums.items()}
+        metrics = {"epoch": self.epoch, "loss": values["loss"], "train_acc": 100.0 * values["correct"], "lr": lr,
+                   "density": self.current_density, "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
+        metrics.update({f"loss_{k}": values[k] for k in LOSS_PARTS})
+        metrics["diverged"] = not math.isfinite(values["loss"])
+        return metrics
+
+    @torch.inference_mode()
+    def evaluate(self, split: str = "val", model: nn.Module | None = None) -> dict:
+        """Top-1 and top-5 accuracy (percent) and mean CE of the student (or `model`) on a split."""
+        x, y = {"val": (self.data.val_x, self.data.val_y), "test": (self.data.test_x, self.data.test_y),
+                "train": (self.data.train_x, self.data.train_y)}[split]
+        if len(x) == 0:
+            raise ValueError(f"the {split} split is empty")
+        model = model or self.student
+        was_training = model.training
+        model.eval()
+        loader = DeviceLoader(x, y, 500, self.data.mean, self.data.std, self.device, train=False,
+                              channels_last=self.cuda)
+        top1 = top5 = loss = 0.0
+        for xb, yb in loader:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                logits = model(xb).float()
+            loss += F.cross_entropy(logits, yb, reduction="sum").item()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top1 += (top[:, 0] == yb).sum().item()
+            top5 += (top == yb[:, None]).any(dim=1).sum().item()
+        model.train(was_training)
+        n = len(y)
+        return {"acc": 100.0 * top1 / n, "acc5": 100.0 * top5 / n, "loss": loss / n}
+
+    def step(self, split: str = "val") -> dict:
+        """train_epoch + evaluate(split), with the best epoch so far tracked."""
+        metrics = self.train_epoch()
+        if not metrics["diverged"]:
+            ev = self.evaluate(split)
+            metrics.update({f"{split}_acc": ev["acc"], f"{split}_acc5": ev["acc5"], f"{split}_loss": ev["loss"]})
+            if ev["acc"] > self.best.get(f"best_{split}_acc", -1.0):
+                self.best = {f"best_{split}_acc": ev["acc"], f"best_{split}_acc5": ev["acc5"], "best_epoch": self.epoch}
+            metrics.update(self.best)
+        return metrics
+
+    # -- state --------------------------------------------------------------------------------
+    def check_sparsity(self) -> float:
+        return check_density(self.student, self.masks, self.current_density)
+
+    def state_dict(self) -> dict:
+        self.check_sparsity()
+        return {
+            "student": {k: v.detach().cpu() for k, v in self.student.state_dict().items()},
+            "masks": {k: v.cpu() for k, v in self.masks.items()},
+            "connectors": self.connectors.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "current_density": self.current_density,
+            "best": dict(self.best),
+            "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        apply_masks(self.student, {k: v.to(self.device) for k, v in state["masks"].items()})
+        self.connectors.load_state_dict(state["connectors"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.current_density = float(state["current_density"])
+        self.best = dict(state["best"])
+        self.generator.set_state(state["rng"]["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.check_sparsity()

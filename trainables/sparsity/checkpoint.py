@@ -1,0 +1,118 @@
+"""The sparse checkpoint file.
+
+Layout: 8-byte magic, 8-byte little-endian header length, a JSON header (format, sha256 and size of
+the payload), then the payload: a `torch.save` blob holding, for each masked tensor, its kept
+values and a packed bitmask; every other tensor as it is; and the config, measured density and
+per-layer nonzero counts. The checksum is verified before the payload is unpickled, and the payload
+is read with `weights_only=True`.
+"""
+import hashlib
+import io
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+
+from trainables.sparsity.enforce import check_density
+from trainables.sparsity.layers import SparsityError
+
+MAGIC = b"SFKDSPR1"
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    flat = mask.flatten().cpu().to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)])
+    return (flat.view(-1, 8) * _BITS).sum(dim=1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    bits = (packed[:, None] & _BITS).ne(0).flatten()[:n]
+    return bits.view(*shape)
+
+
+def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], density: float,
+                config: dict | None = None, extra: dict | None = None) -> dict:
+    """Write `state_dict` sparsely; `density` is the configured one and is asserted first.
+    Returns the header (with sizes and counts)."""
+    measured = check_density(state_dict, masks, density)
+    values, bitmasks, shapes, dense = {}, {}, {}, {}
+    for name, t in state_dict.items():
+        t = t.detach().cpu()
+        if name in masks:
+            m = masks[name].cpu()
+            values[name] = t[m].clone()
+            bitmasks[name] = pack_bits(m)
+            shapes[name] = list(t.shape)
+        else:
+            dense[name] = t.clone()
+    nnz = {k: int(m.sum()) for k, m in masks.items()}
+    payload = {
+        "values": values, "bitmasks": bitmasks, "shapes": shapes, "dense": dense,
+        "config": config or {}, "density": float(density), "measured_density": measured,
+        "nnz": nnz, "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    blob = buf.getvalue()
+    header = {"format": "sfkd-sparse-v1", "sha256": hashlib.sha256(blob).hexdigest(), "payload_bytes": len(blob),
+              "density": float(density), "measured_density": measured, "nonzero_params": sum(nnz.values())}
+    head = json.dumps(header).encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + struct.pack("<Q", len(head)) + head + blob)
+    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+    return header
+
+
+def read_header(path) -> tuple[dict, bytes]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SparsityError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if raw[:8] != MAGIC or len(raw) < 16:
+        raise SparsityError(f"{path} is not an sfkd sparse checkpoint (bad magic bytes)")
+    (hlen,) = struct.unpack("<Q", raw[8:16])
+    try:
+        header = json.loads(raw[16:16 + hlen])
+    except (ValueError, UnicodeDecodeError):
+        raise SparsityError(f"{path}: checkpoint header is corrupt") from None
+    blob = raw[16 + hlen:]
+    if len(blob) != header.get("payload_bytes") or hashlib.sha256(blob).hexdigest() != header.get("sha256"):
+        raise SparsityError(f"{path}: checkpoint checksum does not match (truncated or tampered file)")
+    return header, blob
+
+
+def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, dict]:
+    """(dense state_dict with zeros in place, masks, payload metadata). Refuses a file whose
+    checksum fails or whose density differs from its own record or from `expect_density`."""
+    _, blob = read_header(path)
+    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    state, masks = dict(payload["dense"]), {}
+    for name, shape in payload["shapes"].items():
+        m = unpack_bits(payload["bitmasks"][name], shape)
+        vals = payload["values"][name]
+        t = torch.zeros(shape, dtype=vals.dtype)
+        t[m] = vals
+        state[name], masks[name] = t, m
+    density = payload["density"] if expect_density is None else float(expect_density)
+    try:
+        check_density(state, masks, density)
+    except SparsityError as e:
+        raise SparsityError(f"{path}: {e}") from None
+    meta = {k: payload[k] for k in ("config", "density", "measured_density", "nnz", "extra")}
+    return state, masks, meta
+
+
+def to_dense_state_dict(path, out) -> None:
+    """Export a sparse checkpoint as a plain dense state_dict file (zeros in place)."""
+    state, _, _ = load_sparse(path)
+    torch.save(state, out)

@@ -1,0 +1,64 @@
+"""Teacher files: written by `tuner.teacher`, or RepDistiller-style `{'model': state_dict}` files."""
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from trainables.models import create_model
+
+FORMAT = "sfkd-teacher-v1"
+
+
+class TeacherError(ValueError):
+    """A teacher file that is missing, unreadable, or for another architecture or class count."""
+
+
+def save_teacher(path, model: nn.Module, arch: str, dataset: str, num_classes: int, test_acc: float,
+                 **info) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": FORMAT, "arch": arch, "dataset": dataset, "num_classes": int(num_classes),
+            "test_acc": float(test_acc), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            **info}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_teacher_file(path) -> dict:
+    """The file as a dict with at least `state_dict`; arch/num_classes/test_acc when recorded."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherError(f"teacher file {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise TeacherError(f"teacher file {path} cannot be read as a PyTorch checkpoint ({type(e).__name__})") from None
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        return blob
+    state = blob.get("model", blob.get("state_dict", blob)) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TeacherError(f"teacher file {path} holds no state_dict (expected {{'model': state_dict}} or a state_dict)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {"state_dict": state}
+
+
+def load_teacher(path, arch: str, num_classes: int, device="cpu") -> tuple[nn.Module, dict]:
+    """A frozen teacher in eval mode, checked against the expected architecture and class count."""
+    blob = read_teacher_file(path)
+    if blob.get("arch", arch) != arch:
+        raise TeacherError(f"teacher file {path} is a {blob['arch']}; the config expects teacher_arch {arch}")
+    if blob.get("num_classes", num_classes) != num_classes:
+        raise TeacherError(f"teacher file {path} has {blob['num_classes']} classes; the dataset has {num_classes}")
+    model = create_model(arch, num_classes)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise TeacherError(f"teacher file {path} does not fit {arch} with {num_classes} classes: {first}") from None
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, {k: v for k, v in blob.items() if k != "state_dict"}
