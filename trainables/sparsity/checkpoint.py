@@ -36,24 +36,48 @@ def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     return bits.view(*shape)
 
 
+def _group_by_dtype(tensors: dict[str, torch.Tensor]) -> dict:
+    """Unmasked tensors (BN statistics, biases) joined into one flat tensor per dtype, same values."""
+    flat, layout = {}, {}
+    for name, t in tensors.items():
+        key = str(t.dtype).removeprefix("torch.")
+        flat.setdefault(key, []).append(t.reshape(-1))
+        layout[name] = [key, list(t.shape)]
+    return {"flat": {k: torch.cat(v) for k, v in flat.items()}, "layout": layout}
+
+
+def _ungroup(grouped: dict) -> dict[str, torch.Tensor]:
+    out, at = {}, {}
+    for name, (key, shape) in grouped["layout"].items():
+        n = torch.Size(shape).numel()
+        start = at.get(key, 0)
+        out[name] = grouped["flat"][key][start:start + n].reshape(shape).clone()
+        at[key] = start + n
+    return out
+
+
 def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], density: float,
                 config: dict | None = None, extra: dict | None = None) -> dict:
     """Write `state_dict` sparsely; `density` is the configured one and is asserted first.
     Returns the header (with sizes and counts)."""
     measured = check_density(state_dict, masks, density)
-    values, bitmasks, shapes, dense = {}, {}, {}, {}
+    # Masked tensors go into one flat value tensor and one flat bitmask: a record per tensor in the
+    # zip container would cost more than the bitmask itself for small layers.
+    values, bitmasks, shapes, dense = [], [], {}, {}
     for name, t in state_dict.items():
         t = t.detach().cpu()
         if name in masks:
             m = masks[name].cpu()
-            values[name] = t[m].clone()
-            bitmasks[name] = pack_bits(m)
+            values.append(t[m])
+            bitmasks.append(pack_bits(m))
             shapes[name] = list(t.shape)
         else:
-            dense[name] = t.clone()
-    nnz = {k: int(m.sum()) for k, m in masks.items()}
+            dense[name] = t
+    nnz = {k: int(masks[k].sum()) for k in shapes}
     payload = {
-        "values": values, "bitmasks": bitmasks, "shapes": shapes, "dense": dense,
+        "values": torch.cat(values) if values else torch.zeros(0),
+        "bitmasks": torch.cat(bitmasks) if bitmasks else torch.zeros(0, dtype=torch.uint8),
+        "shapes": shapes, "dense": _group_by_dtype(dense),
         "config": config or {}, "density": float(density), "measured_density": measured,
         "nnz": nnz, "extra": extra or {},
     }
@@ -96,13 +120,18 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
     checksum fails or whose density differs from its own record or from `expect_density`."""
     _, blob = read_header(path)
     payload = torch.load(io.BytesIO(blob), weights_only=True)
-    state, masks = dict(payload["dense"]), {}
+    state, masks = _ungroup(payload["dense"]), {}
+    values, bits = payload["values"], payload["bitmasks"]
+    v_at = b_at = 0
     for name, shape in payload["shapes"].items():
-        m = unpack_bits(payload["bitmasks"][name], shape)
-        vals = payload["values"][name]
-        t = torch.zeros(shape, dtype=vals.dtype)
-        t[m] = vals
+        numel = torch.Size(shape).numel()
+        n_bytes = (numel + 7) // 8
+        m = unpack_bits(bits[b_at:b_at + n_bytes], shape)
+        k = payload["nnz"][name]
+        t = torch.zeros(shape, dtype=values.dtype)
+        t[m] = values[v_at:v_at + k]
         state[name], masks[name] = t, m
+        v_at, b_at = v_at + k, b_at + n_bytes
     density = payload["density"] if expect_density is None else float(expect_density)
     try:
         check_density(state, masks, density)

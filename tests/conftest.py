@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def _cifar_source() -> Path | None:
+    for var in ("SFKD_CIFAR10_DIR", "SFKD_CIFAR10_ARCHIVE"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    return DEFAULT_ARCHIVE if DEFAULT_ARCHIVE.exists() else None
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    """The unpacked shared CIFAR-10 JPEG tree; skips (or fails in CI) when the archive is absent."""
+    src = _cifar_source()
+    if src is None or not src.exists():
+        msg = f"shared CIFAR-10 JPEGs not found (set SFKD_CIFAR10_ARCHIVE or put them at {DEFAULT_ARCHIVE})"
+        if os.environ.get("SFKD_REQUIRE_DATA"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from trainables.data.splits import _resolve_tree
+
+    return _resolve_tree(src.resolve())
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_file(tmp_path_factory) -> Path:
+    """An untrained resnet8 saved as a teacher file for the 10-class synthetic data."""
+    from trainables.models import create_model
+    from trainables.teacher import save_teacher
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
+    save_teacher(path, create_model("resnet8", 10), "resnet8", "synthetic", 10, test_acc=0.0)
+    return path

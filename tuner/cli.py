@@ -1,0 +1,50 @@
+"""What every `python -m tuner.*` command shares: one-line errors with exit status 2."""
+import argparse
+import sys
+
+from trainables.config import ConfigError
+from trainables.data.sources import DataError
+from trainables.sparsity import SparsityError
+from trainables.teacher import TeacherError
+
+
+class UsageError(ValueError):
+    """Bad input found by the driver itself (a flag, a space file, a storage path)."""
+
+
+USER_ERRORS = (ConfigError, DataError, SparsityError, TeacherError, UsageError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) with exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_sets(pairs: list[str] | None) -> dict:
+    """--set key=value pairs, values parsed as YAML scalars (so 0.5 is a float and true a bool)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise UsageError(f"--set {pair!r}: the value is not valid YAML") from None
+    return out
+
+
+def run_cli(main, argv=None) -> int:
+    """Run main(argv); a user error becomes one line on stderr and exit status 2."""
+    try:
+        return main(argv) or 0
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

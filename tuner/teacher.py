@@ -1,0 +1,59 @@
+"""python -m tuner.teacher: train a dense teacher with the same loop as every trial, and save it."""
+import sys
+from pathlib import Path
+
+from trainables.config import DistillConfig
+from trainables.run import DistillRun
+from trainables.teacher import save_teacher
+from tuner.cli import OneLineParser, parse_sets, run_cli
+from tuner.progress import epoch_bar
+
+
+def teacher_config(arch: str, dataset: str, epochs: int, **overrides) -> DistillConfig:
+    """A dense, teacher-less (FT) run of `arch`: the recipe of METHOD.md with CE only."""
+    values = dict(student=arch, teacher_arch=arch, teacher="none", method="ft", alpha=1.0, beta=0.0, gamma=0.0,
+                  density=1.0, sparse_init="uniform", dataset=dataset, epochs=epochs)
+    values.update(overrides)
+    return DistillConfig.from_dict(values)
+
+
+def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True) -> tuple[Path, float]:
+    """Train on train+val for cfg.epochs, measure test top-1, save a teacher file; returns (path, acc)."""
+    run = DistillRun(cfg, full_train=True)
+    bar = epoch_bar(cfg.epochs, f"teacher {cfg.student}", enabled=progress)
+    for _ in range(cfg.epochs):
+        m = run.train_epoch()
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['train_acc']:.1f}", img_s=f"{m['img_per_s']:.0f}")
+    test = run.evaluate("test")
+    bar.set_postfix(loss=f"{m['loss']:.3f}", test_acc=f"{test['acc']:.2f}")
+    bar.close()
+    save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
+                 test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed)
+    return Path(out), test["acc"]
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="python -m tuner.teacher", description=(
+        "Train a dense teacher with the project's training loop (train+val split, CE only) and save it "
+        "with its architecture, dataset, class count and measured test accuracy."))
+    p.add_argument("--arch", required=True, help="model name, e.g. resnet56, wrn_40_2, vgg13")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagefolder or synthetic")
+    p.add_argument("--data-dir", help="folder with the data (ImageFolder tree, torchvision files or a .tar.gz)")
+    p.add_argument("--epochs", type=int, default=240, help="training epochs (default 240)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output file (default teachers/<arch>-<dataset>.pt)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. lr=0.1")
+    a = p.parse_args(argv)
+    overrides = parse_sets(a.set)
+    if a.data_dir:
+        overrides["data_dir"] = str(Path(a.data_dir).resolve())
+    cfg = teacher_config(a.arch, a.dataset, a.epochs, seed=a.seed, **overrides)
+    out = Path(a.out or f"teachers/{a.arch}-{a.dataset}.pt").resolve()
+    path, acc = train_teacher(cfg, out)
+    print(f"teacher {a.arch} on {a.dataset}: test top-1 {acc:.2f}% -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
