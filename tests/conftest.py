@@ -39,3 +39,14 @@ def tiny_teacher_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
     save_teacher(path, create_model("resnet8", 10), "resnet8", "synthetic", 10, test_acc=0.0)
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one local Ray instance of the test session. It declares 1 GPU, which no test machine
+    really has, so fractional-GPU scheduling can be exercised while trials run on the CPU."""
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

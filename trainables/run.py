@@ -94,7 +94,6 @@ class DistillRun:
         self.current_density = 1.0 if self.plan else cfg.density
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.scheduler = self._build_scheduler()
         apply_masks(self.student, self._initial_masks(), self.optimizer)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
@@ -115,12 +114,14 @@ class DistillRun:
             connectors.append(Connector(c_s, c_t) if c_s != c_t else nn.Identity())
         return connectors.to(self.device)
 
-    def _build_scheduler(self):
+    def learning_rate(self, epoch: int) -> float:
+        """The lr of a 0-based epoch: multistep with milestones scaled to the budget, or cosine.
+        A pure function of the epoch, so the run state needs no scheduler object."""
         cfg = self.cfg
         if cfg.lr_schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
-        milestones = sorted({max(1, round(m * cfg.epochs)) for m in cfg.lr_milestones})
-        return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=cfg.lr_decay)
+            return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+        milestones = {max(1, round(m * cfg.epochs)) for m in cfg.lr_milestones}
+        return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in milestones)
 
     def _score_batches(self) -> list:
         x, y = self.data.train_x, self.data.train_y
@@ -199,7 +200,9 @@ class DistillRun:
         self._prune_if_planned()
         self.student.train()
         self.connectors.train()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.learning_rate(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "correct") + LOSS_PARTS}
         seen, start = 0, time.perf_counter()
         for x, y in self.train_loader:
@@ -217,7 +220,6 @@ class DistillRun:
         if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        self.scheduler.step()
         self.epoch += 1
         values = {k: v.item() / max(seen, 1) for k, v in sums.items()}
         metrics = {"epoch": self.epoch, "loss": values["loss"], "train_acc": 100.0 * values["correct"], "lr": lr,
@@ -272,7 +274,6 @@ class DistillRun:
             "masks": {k: v.cpu() for k, v in self.masks.items()},
             "connectors": self.connectors.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "current_density": self.current_density,
             "best": dict(self.best),
@@ -284,7 +285,6 @@ class DistillRun:
         apply_masks(self.student, {k: v.to(self.device) for k, v in state["masks"].items()})
         self.connectors.load_state_dict(state["connectors"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.current_density = float(state["current_density"])
         self.best = dict(state["best"])

@@ -102,10 +102,13 @@ def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tupl
     """
     g = torch.Generator().manual_seed(int(seed))
     templates = torch.Generator().manual_seed(12345)  # class glyphs are the same for every split
-    obj = max(4, image_size // 3)
-    glyphs = (torch.rand(num_classes, 4, 4, generator=templates) > 0.5).float()
+    obj = max(4, image_size // 2)
+    glyphs = (torch.rand(num_classes, 3, 3, generator=templates) > 0.5).float()
+    glyphs[:, 1, 1] = 1.0  # never an empty glyph
     glyphs = torch.nn.functional.interpolate(glyphs[:, None], size=(obj, obj), mode="nearest")[:, 0]
-    colors = torch.rand(num_classes, 3, generator=templates) * 0.7 + 0.3
+    hues = torch.arange(num_classes).float() / num_classes
+    colors = torch.stack([(hues + s) % 1.0 for s in (0.0, 1 / 3, 2 / 3)], dim=1)
+    colors = 0.25 + 0.75 * (0.5 + 0.5 * torch.cos(2 * torch.pi * colors))  # evenly spaced, distinct hues
 
     labels = torch.arange(n) % num_classes
     labels = labels[torch.randperm(n, generator=g)]

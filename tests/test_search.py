@@ -1,0 +1,112 @@
+"""The search end to end: real Ray, real MLflow sqlite store, real training on synthetic data."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from trainables.sparsity import load_sparse
+from tuner import final, search
+from tuner.tracking import PARENT_TAG
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _runs(uri, experiment):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sfkd.kind") == "search"]
+    return client, parents, runs
+
+
+@pytest.mark.slow
+def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnable_best_config(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = search.main(["--space", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
+                      "--name", "e2e", "--quiet"])
+    assert rc == 0
+    client, parents, runs = _runs(uri, "smoke")
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert len(children) == 8  # smoke's num_samples
+    statuses = []
+    for child in children:
+        ran = int(child.data.tags["sfkd.epochs_run"])
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
+        assert steps == list(range(1, ran + 1))
+        assert child.data.params["density"] == "0.5"
+        statuses.append(child.data.tags["sfkd.status"])
+    assert "stopped_early" in statuses and "completed" in statuses  # ASHA stopped some before max_t=3
+
+    best_id = parent.data.tags["sfkd.best_trial"]
+    best = next(c for c in children if c.data.tags["sfkd.trial_id"] == best_id)
+    local = client.download_artifacts(best.info.run_id, "checkpoint/student.sfkd", str(tmp_path))
+    _, masks, meta = load_sparse(local, expect_density=0.5)
+    assert meta["measured_density"] == pytest.approx(0.5, abs=1e-3)
+    assert best.data.tags["sfkd.checkpoint.density"].startswith("0.5")
+
+    best_yaml = tmp_path / "runs" / "e2e" / "best_config.yaml"
+    cfg = yaml.safe_load(best_yaml.read_text())
+    assert cfg["student"] == "resnet8" and Path(cfg["teacher"]).is_file() and cfg["epochs"] == 3
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(best.data.metrics["best_val_acc"])
+
+    rc = final.main(["--config", str(best_yaml), "--set", "epochs=1", "--tracking-uri", uri,
+                     "--out", str(tmp_path / "final")])
+    assert rc == 0
+    finals = [r for r in client.search_runs([parent.info.experiment_id], "tags.`sfkd.kind` = 'final'")]
+    assert len(finals) == 1 and "test_acc_last" in finals[0].data.metrics
+    assert finals[0].data.tags["sfkd.search_run_id"] == parent.info.run_id
+    versions = client.search_model_versions("name = 'sfkd-resnet8-synthetic'")
+    assert versions and versions[0].tags["density"].startswith("0.5")
+
+
+@pytest.mark.slow
+def test_four_trials_share_one_gpu_at_a_quarter_each_and_train_on_cpu_without_cuda(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = search.main(["--space", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
+                      "--name", "gpu", "--gpus-per-trial", "0.25", "--num-samples", "4", "--max-concurrent", "4",
+                      "--epochs", "2", "--set", "scheduler.type=fifo", "--set", "synthetic_size=400", "--quiet"])
+    assert rc == 0
+    client, parents, runs = _runs(uri, "smoke")
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
+    assert len(children) == 4
+    # Every trial held a GPU share from Ray, and all four were running at the same moment.
+    assert all(c.data.metrics["ray_gpu_ids"] == 1 for c in children)
+    assert all(c.data.metrics["cuda"] == 0 for c in children)
+    assert max(c.info.start_time for c in children) < min(c.info.end_time for c in children)
+    assert all(c.data.params["epochs"] == "2" for c in children)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "tuner.search", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--space", "no_such_space"], "unknown space 'no_such_space'"),
+    (["--space", "{tmp}/bad.yaml"], "not valid YAML"),
+    (["--space", "{tmp}/unknown_key.yaml"], "config.alhpa: unknown config key"),
+    (["--space", "{tmp}/bad_dist.yaml"], "gamma: uniform needs low < high"),
+    (["--space", "{tmp}/bad_dist_name.yaml"], "gamma: unknown distribution 'normal'"),
+    (["--space", "smoke", "--set", "fg_size=9"], "fg_size"),
+    (["--space", "smoke", "--set", "density=0"], "density"),
+    (["--space", "smoke", "--epochs", "0"], "epochs"),
+    (["--space", "smoke", "--set", "nonsense=1"], "config.nonsense: unknown config key"),
+    (["--space", "smoke", "--set", "search.searcher=bayes"], "search.searcher"),
+    (["--space", "smoke", "--num-samples", "x"], "invalid int value"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, args, expect):
+    (tmp_path / "bad.yaml").write_text("config:\n  alpha: [1, 2\n")
+    (tmp_path / "unknown_key.yaml").write_text("config:\n  dataset: synthetic\n  teacher: none\n  method: ft\n  alhpa: 1\n")
+    (tmp_path / "bad_dist.yaml").write_text("config:\n  dataset: synthetic\n  gamma: {uniform: [1.0, 0.1]}\n")
+    (tmp_path / "bad_dist_name.yaml").write_text("config:\n  dataset: synthetic\n  gamma: {normal: [0, 1]}\n")
+    r = _cli(*[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was recorded

@@ -1,0 +1,52 @@
+"""SFKDTrainable: the Ray Tune glue over DistillRun. Everything else in trainables/ runs without Ray."""
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from trainables.run import DistillRun
+from trainables.sparsity import load_sparse, save_sparse
+
+CHECKPOINT_FILE = "student.sfkd"
+
+
+class SFKDTrainable(tune.Trainable):
+    """One trial: `step()` is one epoch of training plus validation."""
+
+    def setup(self, config: dict):
+        resources = self.trial_resources.required_resources if self.trial_resources else {}
+        wants_gpu = resources.get("GPU", 0) > 0
+        # A trial given a GPU share uses CUDA only when this worker can really use it.
+        device = "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+        threads = max(1, int(resources.get("CPU", 1)))
+        torch.set_num_threads(threads)
+        import ray
+
+        self.gpu_ids = ray.get_gpu_ids()
+        self.run = DistillRun(config, device=device)
+
+    def reset_config(self, new_config: dict) -> bool:
+        # Lets Ray reuse this worker process for the next trial instead of starting a new one.
+        self.setup(new_config)
+        return True
+
+    def step(self) -> dict:
+        metrics = self.run.step("val")
+        metrics["cuda"] = int(self.run.device.type == "cuda")
+        metrics["ray_gpu_ids"] = len(self.gpu_ids)
+        if metrics.pop("diverged"):
+            # A NaN/inf loss ends the trial now; it reports no val_acc, so it can never be a best trial.
+            return {**metrics, "status": "diverged", "done": True}
+        metrics["status"] = "ok"
+        metrics["done"] = self.run.epoch >= self.run.cfg.epochs
+        return metrics
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = self.run.state_dict()
+        extra = {k: v for k, v in state.items() if k not in ("student", "masks")}
+        save_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE, state["student"], state["masks"],
+                    self.run.current_density, config=self.run.cfg.to_dict(), extra=extra)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        student, masks, meta = load_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE)
+        self.run.load_state_dict({"student": student, "masks": masks, **meta["extra"]})

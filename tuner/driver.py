@@ -1,0 +1,173 @@
+"""The body of a search once its input is validated: teacher, MLflow parent run, Tuner, results."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+from trainables import SFKDTrainable
+from trainables.config import DistillConfig
+from trainables.sparsity.checkpoint import read_header
+from trainables.teacher import read_teacher_file
+from tuner.export import write_best_config
+from tuner.progress import TrialPrinter
+from tuner.spaces import to_param_space
+from tuner.teacher import teacher_config, train_teacher
+from tuner.tracking import MLflowTrialCallback, SearchTracker, normalise_uri
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def resolve_teacher(space, storage: Path, tracker: SearchTracker) -> None:
+    """`teacher: auto` -> train the dense teacher once, cache it by its recipe, log it to the parent."""
+    cfg = space.config
+    if cfg.get("teacher", "auto") != "auto":
+        if cfg.get("teacher") != "none":
+            cfg["teacher"] = str(Path(cfg["teacher"]).expanduser().resolve())
+        return
+    for key in ("teacher_arch", "teacher_epochs", "dataset", "seed"):
+        if key in space.params:
+            raise ValueError(f"{key} must be fixed when teacher is auto")
+    base = DistillConfig.from_dict(cfg)
+    epochs = min(base.teacher_epochs, base.epochs)  # --epochs runs small, teacher included
+    recipe = dict(dataset=base.dataset, data_dir=base.data_dir, seed=base.seed, batch_size=base.batch_size,
+                  train_subset=base.train_subset, synthetic_size=base.synthetic_size,
+                  synthetic_classes=base.synthetic_classes, image_size=base.image_size)
+    tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
+    key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    path = storage / "teachers" / f"{base.teacher_arch}-{base.dataset}-e{epochs}-s{base.seed}-{key}.pt"
+    if path.exists():
+        acc = read_teacher_file(path)["test_acc"]
+        print(f"teacher {base.teacher_arch}: cached {path.name} (test top-1 {acc:.2f}%)", flush=True)
+    else:
+        path, acc = train_teacher(tcfg, path)
+        print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> {path}", flush=True)
+    cfg["teacher"] = str(path)
+    tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": acc}, step=0)
+    tracker.client.log_artifact(tracker.parent_id, str(path), "teacher")
+    tracker.set_tags(tracker.parent_id, {"sfkd.teacher": path.name})
+
+
+class PrintCallback(Callback):
+    def __init__(self, printer: TrialPrinter):
+        self.p = printer
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.p.result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        self.p.ended(trial.trial_id, "done" if last.get("epoch", 0) >= self.p.max_t else "stopped")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.p.ended(trial.trial_id, "failed")
+
+
+def build_searcher(space):
+    s = space.search
+    if s["searcher"] == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s["seed"]))
+        return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
+    return BasicVariantGenerator(random_state=s["seed"], max_concurrent=s["max_concurrent"])
+
+
+def build_scheduler(space):
+    sch = space.scheduler
+    if sch["type"] == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=sch["max_t"], grace_period=sch["grace_period"],
+                         reduction_factor=sch["reduction_factor"])
+
+
+def run_search(space, storage: Path, name: str, args, argv: list[str]) -> int:
+    run_dir = storage / name
+    uri = normalise_uri(args.tracking_uri)
+    tracker = SearchTracker(uri, experiment=space.name)
+    params = {"space": space.name, "argv": " ".join(argv), "storage": str(run_dir), **{
+        f"search.{k}": v for k, v in space.search.items()}, **{f"scheduler.{k}": v for k, v in space.scheduler.items()},
+        **{f"resources.{k}": v for k, v in space.resources.items()}}
+    parent = tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
+                                                 "sfkd.code_version": code_version()})
+    tracker.client.log_text(parent, space.text, f"space/{space.path.name}")
+    (run_dir / "search.json").write_text(json.dumps(
+        {"space": space.name, "space_file": str(space.path), "parent_run_id": parent, "tracking_uri": uri,
+         "experiment": space.name, "argv": argv}, indent=2))
+    print(f"search {name}: MLflow run {parent} in experiment '{space.name}' at {uri}", flush=True)
+    resolve_teacher(space, storage, tracker)
+
+    s, sch = space.search, space.scheduler
+    printer = TrialPrinter(sch["max_t"], s["metric"], s["mode"])
+    callbacks = [MLflowTrialCallback(tracker, sch["max_t"])]
+    if not args.quiet:
+        callbacks.append(PrintCallback(printer))
+    tuner = tune.Tuner(
+        tune.with_resources(SFKDTrainable, {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}),
+        param_space=to_param_space(space),
+        tune_config=tune.TuneConfig(metric=s["metric"], mode=s["mode"], search_alg=build_searcher(space),
+                                    scheduler=build_scheduler(space), num_samples=s["num_samples"],
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+            stop={"epoch": sch["max_t"]},
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=s["keep_checkpoints"], checkpoint_frequency=1,
+                                                    checkpoint_score_attribute=s["metric"],
+                                                    checkpoint_score_order=s["mode"]),
+            failure_config=tune.FailureConfig(max_failures=s["max_failures"])),
+    )
+    results = tuner.fit()
+    return finish(space, results, tracker, run_dir)
+
+
+def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
+    """Upload the best trials' checkpoints, write best_config.yaml, close the parent run."""
+    metric, mode = space.search["metric"], space.search["mode"]
+    ranked = []
+    for r in results:
+        last = r.metrics or {}
+        if r.error is not None or last.get("status") == "diverged" or f"best_{metric}" not in last:
+            continue
+        ranked.append((last[f"best_{metric}"] if metric != "val_loss" else last.get(metric), r))
+    ranked.sort(key=lambda t: t[0], reverse=(mode == "max"))
+    if not ranked:
+        tracker.end(tracker.parent_id, "FAILED")
+        print("no trial finished; nothing to export", file=sys.stderr)
+        return 1
+    for value, r in ranked[:space.search["keep_checkpoints"]]:
+        ckpt = r.get_best_checkpoint(metric, mode) or r.checkpoint
+        trial_id = r.metrics["trial_id"]
+        run_id = tracker.children.get(trial_id)
+        if ckpt is None or run_id is None:
+            continue
+        f = Path(ckpt.path) / "student.sfkd"
+        head, _ = read_header(f)
+        tracker.client.log_artifact(run_id, str(f), "checkpoint")
+        tracker.set_tags(run_id, {"sfkd.checkpoint.density": f"{head['measured_density']:.6f}",
+                                  "sfkd.checkpoint.nonzero_params": head["nonzero_params"],
+                                  "sfkd.checkpoint.size_bytes": f.stat().st_size})
+    best_value, best = ranked[0]
+    config = {k: v for k, v in best.config.items()}
+    out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
+                            experiment=space.name, trial_id=best.metrics["trial_id"], val_acc=round(best_value, 4))
+    tracker.client.log_artifact(tracker.parent_id, str(out))
+    tracker.log_metrics(tracker.parent_id, {f"best_{metric}": best_value,
+                                            "trials_finished": len(ranked), "trials_total": len(results)}, step=0)
+    tracker.set_tags(tracker.parent_id, {"sfkd.best_trial": best.metrics["trial_id"]})
+    tracker.end(tracker.parent_id)
+    print(f"best trial {best.metrics['trial_id']}: {metric} {best_value:.2f}; best config -> {out}", flush=True)
+    return 0

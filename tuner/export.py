@@ -1,0 +1,100 @@
+"""Best configs: written at the end of every search, and again from MLflow by `python -m tuner.export`."""
+import ast
+import sys
+import typing
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from trainables.config import DistillConfig
+from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.tracking import PARENT_TAG, normalise_uri
+
+HEADER_KEYS = ("search_run_id", "experiment", "trial_id", "val_acc")
+
+
+def write_best_config(path: Path, config: dict, **header) -> Path:
+    """A complete, fixed config as YAML (its keys are config keys only) with provenance comments."""
+    cfg = DistillConfig.from_dict(config).to_dict()
+    lines = [f"# sfkd.{k}: {v}" for k, v in header.items() if v is not None]
+    text = "\n".join(lines + ["# Run it: python -m tuner.final --config " + str(path), ""])
+    text += yaml.safe_dump(cfg, sort_keys=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def read_header(path: Path) -> dict:
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("# sfkd.") and ":" in line:
+            key, _, value = line[len("# sfkd."):].partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def config_from_params(params: dict) -> dict:
+    """MLflow keeps params as strings; turn them back into typed config values."""
+    hints = typing.get_type_hints(DistillConfig)
+    out = {}
+    for key, raw in params.items():
+        if key not in hints:
+            continue
+        base = next((a for a in typing.get_args(hints[key]) if a is not type(None)), hints[key])
+        base = typing.get_origin(base) or base
+        if raw == "None":
+            out[key] = None
+        elif base is bool:
+            out[key] = raw == "True"
+        elif base in (int, float):
+            out[key] = base(float(raw)) if base is int else float(raw)
+        elif base is list:
+            out[key] = ast.literal_eval(raw)
+        else:
+            out[key] = raw
+    return out
+
+
+def latest_search_run(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UsageError(f"no MLflow experiment named {experiment!r} at this tracking URI")
+    runs = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'search'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if not runs:
+        raise UsageError(f"experiment {experiment!r} has no search runs")
+    return runs[0]
+
+
+def best_child(client: MlflowClient, parent, metric: str = "best_val_acc"):
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                                  max_results=5000)
+    ok = [r for r in children if r.data.tags.get("sfkd.status") not in ("diverged", "error") and metric in r.data.metrics]
+    if not ok:
+        raise UsageError(f"search run {parent.info.run_id} has no finished trial with {metric}")
+    return max(ok, key=lambda r: r.data.metrics[metric])
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="python -m tuner.export",
+                      description="Write the best config of the latest search in an MLflow experiment as YAML.")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (the space name, e.g. sfkd_gamma)")
+    p.add_argument("--out", default="best_config.yaml", help="output YAML (default best_config.yaml)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    a = p.parse_args(argv)
+    client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
+    parent = latest_search_run(client, a.experiment)
+    best = best_child(client, parent)
+    out = write_best_config(Path(a.out).resolve(), config_from_params(best.data.params),
+                            search_run_id=parent.info.run_id, experiment=a.experiment,
+                            trial_id=best.data.tags.get("sfkd.trial_id"), val_acc=best.data.metrics["best_val_acc"])
+    print(f"best trial {best.data.tags.get('sfkd.trial_id')} (val_acc {best.data.metrics['best_val_acc']:.2f}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

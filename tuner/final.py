@@ -1,0 +1,114 @@
+"""python -m tuner.final --config best.yaml: train the exported config on train+val, test it, register it."""
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from trainables.config import DistillConfig
+from trainables.run import DistillRun
+from trainables.sparsity import save_sparse
+from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
+from tuner.export import read_header
+from tuner.progress import epoch_bar
+from tuner.tracking import SearchTracker, normalise_uri
+
+
+def load_config_file(path: Path, overrides: dict) -> DistillConfig:
+    if not path.is_file():
+        raise UsageError(f"--config {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise UsageError(f"--config {path}: not valid YAML") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a mapping of config keys")
+    if "sparsity" in overrides:
+        values.pop("density", None)
+    values.update(overrides)
+    if values.get("teacher") not in (None, "auto", "none"):
+        values["teacher"] = str((path.parent / values["teacher"]).resolve())
+    return DistillConfig.from_dict(values)
+
+
+def main(argv=None) -> int:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    p = OneLineParser(prog="python -m tuner.final", description=(
+        "Train an exported config on train+val for its full budget, report test top-1/top-5 (last and best "
+        "epoch), save the sparse checkpoint, and record and register it in MLflow."))
+    p.add_argument("--config", required=True, help="a best_config.yaml written by a search or tuner.export")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. epochs=1")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the search's, else 'final')")
+    p.add_argument("--out", help="output folder (default sfkd_runs/final-<time>)")
+    p.add_argument("--model-name", help="registered model name (default sfkd-<student>-<dataset>)")
+    a = p.parse_args(argv)
+    path = Path(a.config).resolve()
+    cfg = load_config_file(path, parse_sets(a.set))
+    if cfg.teacher == "auto":
+        raise UsageError("teacher: auto; a final run needs the teacher file the search used")
+    header = read_header(path)
+    out = Path(a.out or f"sfkd_runs/final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    tracker = SearchTracker(normalise_uri(a.tracking_uri), a.experiment or header.get("experiment", "final"))
+    run = DistillRun(cfg, full_train=True)
+    tags = {"sfkd.kind": "final"}
+    if header.get("search_run_id"):
+        tags["sfkd.search_run_id"] = header["search_run_id"]
+    run_id = tracker.start_parent(f"final-{cfg.student}-d{cfg.density:g}", cfg.to_dict(), tags)
+    tracker.client.log_artifact(run_id, str(path), "config")
+
+    bar = epoch_bar(cfg.epochs, f"final {cfg.student}")
+    for _ in range(cfg.epochs):
+        m = run.step("test")
+        tracker.log_metrics(run_id, {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                            step=m["epoch"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m.get('test_acc', float('nan')):.2f}",
+                        img_s=f"{m['img_per_s']:.0f}")
+        if m["diverged"]:
+            bar.close()
+            tracker.set_tags(run_id, {"sfkd.status": "diverged"})
+            tracker.end(run_id, "FAILED")
+            print(f"error: the loss became {m['loss']} at epoch {m['epoch']}; nothing registered", file=sys.stderr)
+            return 1
+    bar.close()
+    summary = {"test_acc_last": m["test_acc"], "test_acc5_last": m["test_acc5"],
+               "test_acc_best": run.best["best_test_acc"], "test_acc5_best": run.best["best_test_acc5"],
+               "best_epoch": run.best["best_epoch"]}
+    tracker.log_metrics(run_id, summary, step=cfg.epochs)
+
+    state = run.state_dict()
+    ckpt = out / "student.sfkd"
+    head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict())
+    tracker.client.log_artifact(run_id, str(ckpt), "checkpoint")
+    model_name = a.model_name or f"sfkd-{cfg.student}-{cfg.dataset}"
+    registered = register(tracker, run_id, model_name, {
+        "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],
+        "test_acc_last": f"{summary['test_acc_last']:.2f}", "test_acc_best": f"{summary['test_acc_best']:.2f}",
+        "size_bytes": ckpt.stat().st_size})
+    tracker.end(run_id)
+    print(f"final {cfg.student} at density {head['measured_density']:.4f}: test top-1 last {summary['test_acc_last']:.2f} "
+          f"/ best {summary['test_acc_best']:.2f} (epoch {summary['best_epoch']}), top-5 last "
+          f"{summary['test_acc5_last']:.2f}; checkpoint {ckpt}; registered {model_name} v{registered}")
+    return 0
+
+
+def register(tracker: SearchTracker, run_id: str, name: str, tags: dict) -> str:
+    """A Model Registry version whose source is the run's sparse checkpoint artifact."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracker.client
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # already registered: add a version
+    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint"
+    version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    return version.version
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,126 @@
+"""python -m tuner.search --space NAME: the sparse-KD hyperparameter search on Ray Tune."""
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
+from tuner.spaces import available_spaces, parse_space
+
+DEFAULT_STORAGE = "sfkd_runs"
+# Ray's tables, TensorBoard hints and snapshot warnings stay out of the user's terminal.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m tuner.search", description=(
+        "Run a sparse-student distillation search: Optuna proposes configs, ASHA stops weak trials, "
+        "trials share CPUs/GPUs through Ray, and MLflow records every trial under one parent run. "
+        f"Spaces: {', '.join(available_spaces())}."))
+    p.add_argument("--space", required=True, help="space name in search_spaces/ or a path to a .yaml file")
+    p.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
+    p.add_argument("--epochs", type=int, help="epochs per trial; also ASHA's max_t and the cap on an auto teacher's budget")
+    p.add_argument("--dataset", help="cifar10, cifar100, imagefolder or synthetic")
+    p.add_argument("--data-dir", help="data folder (ImageFolder tree, torchvision files, or a .tar.gz of a tree)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (resources.cpu)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (resources.gpu)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (search.max_concurrent)")
+    p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: local Ray)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE, help="run folders and checkpoints (default ./sfkd_runs)")
+    p.add_argument("--name", help="run folder name (default SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key (or search.x / scheduler.x / resources.x); repeatable")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines, only the summary")
+    return p
+
+
+def cli_overrides(a) -> dict:
+    """Flags are shorthands for --set keys, applied after them."""
+    o = parse_sets(a.set)
+    if a.num_samples is not None:
+        o["search.num_samples"] = a.num_samples
+    if a.epochs is not None:
+        o["epochs"] = a.epochs
+        o["scheduler.max_t"] = a.epochs
+    if a.dataset is not None:
+        o["dataset"] = a.dataset
+    if a.data_dir is not None:
+        o["data_dir"] = str(Path(a.data_dir).expanduser().resolve())
+    if a.cpus_per_trial is not None:
+        o["resources.cpu"] = a.cpus_per_trial
+    if a.gpus_per_trial is not None:
+        o["resources.gpu"] = a.gpus_per_trial
+    if a.max_concurrent is not None:
+        o["search.max_concurrent"] = a.max_concurrent
+    return o
+
+
+def prepare_storage(path: str) -> Path:
+    storage = Path(path).expanduser().resolve()
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--storage-path {storage} is not writable ({e.strerror})") from None
+    return storage
+
+
+def init_ray(address: str | None, log_file: Path):
+    import ray
+
+    logging.getLogger("ray").handlers = [logging.FileHandler(log_file)]
+    logging.getLogger("ray").propagate = False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=False)
+        try:
+            ray.init(address=address, **kw) if address else ray.init(**kw)
+        except ConnectionError as e:
+            raise UsageError(f"--address {address}: cannot reach a Ray cluster there ({e})") from None
+    return ray
+
+
+def check_gpus(space, asked_on_cli: bool, ray) -> None:
+    gpu = space.resources["gpu"]
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpu > 0 and have == 0:
+        if asked_on_cli:
+            raise UsageError(f"--gpus-per-trial {gpu}: this Ray cluster has no GPU; leave it out to run on the CPU")
+        print(f"warning: space {space.name} asks for {gpu} GPU per trial but Ray sees no GPU; running on the CPU",
+              file=sys.stderr)
+        space.resources["gpu"] = 0
+
+
+def main(argv=None) -> int:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    a = build_parser().parse_args(argv)
+    space = parse_space(a.space, cli_overrides(a))
+    storage = prepare_storage(a.storage_path)
+    name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage / name
+    if (run_dir / "search.json").exists():
+        raise UsageError(f"{run_dir} already holds a search; choose another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ray = init_ray(a.address, run_dir / "search.log")
+        check_gpus(space, a.gpus_per_trial is not None, ray)
+    except UsageError:
+        for f in run_dir.iterdir():
+            f.unlink()
+        run_dir.rmdir()  # nothing ran: leave no empty run folder behind
+        raise
+
+    from tuner.driver import run_search
+
+    return run_search(space, storage, name, a, argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,227 @@
+"""Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from trainables.config import ConfigError, DistillConfig
+from trainables.data.splits import NUM_CLASSES
+from trainables.run import check_feature_config
+from tuner.cli import UsageError
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "choice": None, "grid": None}
+SECTIONS = ("description", "config", "search", "scheduler", "resources")
+SEARCH_DEFAULTS = {"num_samples": 8, "metric": "val_acc", "mode": "max", "searcher": "optuna", "seed": 0,
+                   "max_concurrent": 2, "max_failures": 1, "keep_checkpoints": 2}
+SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 3}
+RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
+
+
+class SpaceError(UsageError):
+    """A search space that cannot be run; the message names the file and the key."""
+
+
+@dataclass
+class Space:
+    name: str
+    path: Path
+    text: str
+    config: dict  # fixed values
+    params: dict  # key -> {dist: args}
+    search: dict = field(default_factory=dict)
+    scheduler: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_space(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SpaceError(f"space file {p} does not exist")
+        return p.resolve()
+    p = SPACES_DIR / f"{name}.yaml"
+    if not p.is_file():
+        raise SpaceError(f"unknown space {name!r}; expected one of {', '.join(available_spaces())} or a .yaml path")
+    return p
+
+
+def _is_distribution(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+
+
+def _check_distribution(where: str, key: str, spec) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise SpaceError(f"{where}: {key}: expected a fixed value or one of {{{', '.join(DISTRIBUTIONS)}: ...}}")
+    kind, args = next(iter(spec.items()))
+    if kind not in DISTRIBUTIONS:
+        raise SpaceError(f"{where}: {key}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    n = DISTRIBUTIONS[kind]
+    if not isinstance(args, list) or not args or (n is not None and len(args) != n):
+        shape = {2: "[low, high]", 3: "[low, high, q]"}.get(n, "a non-empty list of values")
+        raise SpaceError(f"{where}: {key}: {kind} expects {shape}, got {args!r}")
+    if n is not None:
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            raise SpaceError(f"{where}: {key}: {kind} bounds must be numbers, got {args!r}")
+        if not args[0] < args[1]:
+            raise SpaceError(f"{where}: {key}: {kind} needs low < high, got {args!r}")
+        if kind == "loguniform" and args[0] <= 0:
+            raise SpaceError(f"{where}: {key}: loguniform needs low > 0, got {args!r}")
+        if kind == "quniform" and args[2] <= 0:
+            raise SpaceError(f"{where}: {key}: quniform needs q > 0, got {args!r}")
+
+
+def _extremes(spec) -> list:
+    kind, args = next(iter(spec.items()))
+    if kind in ("choice", "grid"):
+        return list(args)
+    if kind == "randint":
+        return [int(args[0]), int(args[1]) - 1]  # Ray's randint excludes the upper bound
+    return [args[0], args[1]]
+
+
+def _section(where, raw, name, defaults) -> dict:
+    values = raw.get(name) or {}
+    if not isinstance(values, dict):
+        raise SpaceError(f"{where}: {name}: expected a mapping")
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise SpaceError(f"{where}: {name}.{unknown[0]}: unknown key; expected one of {', '.join(defaults)}")
+    return {**defaults, **values}
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """--set key=value: `key` is a config key, or `search.x` / `scheduler.x` / `resources.x`."""
+    raw = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        section, _, sub = key.rpartition(".")
+        if section:
+            if section not in ("search", "scheduler", "resources"):
+                raise SpaceError(f"--set {key}: unknown section {section!r}; expected search, scheduler or resources")
+            raw.setdefault(section, {})
+            raw[section] = {**(raw[section] or {}), sub: value}
+        else:
+            raw.setdefault("config", {})
+            raw["config"] = {**(raw["config"] or {}), key: value}
+    return raw
+
+
+def parse_space(name: str, overrides: dict | None = None) -> Space:
+    path = resolve_space(name)
+    where = path.name
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise SpaceError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{where}: expected a mapping with sections {', '.join(SECTIONS)}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise SpaceError(f"{where}: {unknown[0]}: unknown section; expected one of {', '.join(SECTIONS)}")
+    raw = apply_overrides(raw, overrides or {})
+    config = raw.get("config") or {}
+    if not isinstance(config, dict):
+        raise SpaceError(f"{where}: config: expected a mapping of config keys")
+    keys = set(DistillConfig.keys())
+    fixed, params = {}, {}
+    for key, value in config.items():
+        if key not in keys:
+            raise SpaceError(f"{where}: config.{key}: unknown config key")
+        if isinstance(value, dict):
+            _check_distribution(where, key, value)
+            params[key] = value
+        else:
+            fixed[key] = value
+    search = _section(where, raw, "search", SEARCH_DEFAULTS)
+    scheduler = _section(where, raw, "scheduler", SCHEDULER_DEFAULTS)
+    resources = _section(where, raw, "resources", RESOURCE_DEFAULTS)
+    space = Space(path.stem, path, text, fixed, params, search, scheduler, resources)
+    validate_space(space, where)
+    return space
+
+
+def _positive_int(where, key, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SpaceError(f"{where}: {key}: expected an integer >= {minimum}, got {value!r}")
+
+
+def validate_space(space: Space, where: str) -> None:
+    s, sch, res = space.search, space.scheduler, space.resources
+    _positive_int(where, "search.num_samples", s["num_samples"])
+    _positive_int(where, "search.max_concurrent", s["max_concurrent"])
+    _positive_int(where, "search.max_failures", s["max_failures"], 0)
+    _positive_int(where, "search.keep_checkpoints", s["keep_checkpoints"])
+    if s["searcher"] not in ("optuna", "random", "grid"):
+        raise SpaceError(f"{where}: search.searcher: {s['searcher']!r}; expected optuna, random or grid")
+    if s["mode"] not in ("max", "min"):
+        raise SpaceError(f"{where}: search.mode: {s['mode']!r}; expected max or min")
+    if s["metric"] not in ("val_acc", "val_acc5", "val_loss"):
+        raise SpaceError(f"{where}: search.metric: {s['metric']!r}; expected val_acc, val_acc5 or val_loss")
+    if s["searcher"] != "grid" and any(next(iter(v)) == "grid" for v in space.params.values()):
+        raise SpaceError(f"{where}: a grid distribution needs search.searcher: grid")
+    if sch["type"] not in ("asha", "fifo"):
+        raise SpaceError(f"{where}: scheduler.type: {sch['type']!r}; expected asha or fifo")
+    if "epochs" in space.params:
+        raise SpaceError(f"{where}: config.epochs: must be fixed (it is the trial budget and ASHA's max_t)")
+    for key in ("cpu", "gpu"):
+        v = res[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise SpaceError(f"{where}: resources.{key}: expected a number >= 0, got {v!r}")
+    if res["cpu"] <= 0:
+        raise SpaceError(f"{where}: resources.cpu: expected a number > 0, got {res['cpu']!r}")
+    if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):
+        raise SpaceError(f"{where}: resources.gpu: a fraction must be <= 1, got {res['gpu']!r}")
+    # Every config the space can produce must pass the schema: try each extreme of each parameter.
+    base = _checked_config(where, space.config, "config")
+    epochs = base.epochs
+    if sch["max_t"] is None:
+        sch["max_t"] = epochs
+    _positive_int(where, "scheduler.max_t", sch["max_t"])
+    _positive_int(where, "scheduler.grace_period", sch["grace_period"])
+    _positive_int(where, "scheduler.reduction_factor", sch["reduction_factor"], 2)
+    if sch["max_t"] > epochs:
+        raise SpaceError(f"{where}: scheduler.max_t: {sch['max_t']} exceeds config.epochs ({epochs})")
+    sch["grace_period"] = min(sch["grace_period"], sch["max_t"])
+    options = [[(k, v) for v in _extremes(spec)] for k, spec in space.params.items()]
+    for combo in itertools.islice(itertools.product(*options), 256):
+        for key, value in combo:
+            _checked_config(where, {**space.config, key: value}, f"config.{key}")
+        _checked_config(where, {**space.config, **dict(combo)}, "config")
+
+
+def _checked_config(where, values: dict, label: str) -> DistillConfig:
+    try:
+        cfg = DistillConfig.from_dict(values)
+        if cfg.dataset in NUM_CLASSES or cfg.dataset == "synthetic":
+            nc = NUM_CLASSES.get(cfg.dataset, cfg.synthetic_classes)
+            check_feature_config(cfg, nc, 32 if cfg.dataset in NUM_CLASSES else cfg.image_size)
+    except ConfigError as e:
+        raise SpaceError(f"{where}: {label}: {e}") from None
+    return cfg
+
+
+def to_param_space(space: Space) -> dict:
+    """Fixed values as they are, distributions as Ray Tune domains."""
+    from ray import tune
+
+    out = dict(space.config)
+    for key, spec in space.params.items():
+        kind, args = next(iter(spec.items()))
+        out[key] = {
+            "uniform": lambda a: tune.uniform(a[0], a[1]),
+            "loguniform": lambda a: tune.loguniform(a[0], a[1]),
+            "quniform": lambda a: tune.quniform(a[0], a[1], a[2]),
+            "randint": lambda a: tune.randint(int(a[0]), int(a[1])),
+            "choice": lambda a: tune.choice(list(a)),
+            "grid": lambda a: tune.grid_search(list(a)),
+        }[kind](args)
+    return out
