@@ -1,4 +1,5 @@
 """DistillRun: the one training loop. A search trial, the final run and teacher training all use it."""
+import functools
 import math
 import time
 
@@ -33,6 +34,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.lru_cache(maxsize=64)
 def stage_shapes(arch: str, num_classes: int, image_size: int) -> list[tuple[int, int, int]]:
     """C x H x W of every stage map of `arch` for square inputs of `image_size`."""
     model = create_model(arch, num_classes).eval()

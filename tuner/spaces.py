@@ -1,6 +1,5 @@
 """Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
 import copy
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,11 +190,12 @@ def validate_space(space: Space, where: str) -> None:
     if sch["max_t"] > epochs:
         raise SpaceError(f"{where}: scheduler.max_t: {sch['max_t']} exceeds config.epochs ({epochs})")
     sch["grace_period"] = min(sch["grace_period"], sch["max_t"])
-    options = [[(k, v) for v in _extremes(spec)] for k, spec in space.params.items()]
-    for combo in itertools.islice(itertools.product(*options), 256):
-        for key, value in combo:
+    extremes = {k: _extremes(spec) for k, spec in space.params.items()}
+    for key, values in extremes.items():
+        for value in values:
             _checked_config(where, {**space.config, key: value}, f"config.{key}")
-        _checked_config(where, {**space.config, **dict(combo)}, "config")
+    for pick in (0, -1):  # all parameters at their low ends, then at their high ends, together
+        _checked_config(where, {**space.config, **{k: v[pick] for k, v in extremes.items()}}, "config")
 
 
 def _checked_config(where, values: dict, label: str) -> DistillConfig:
