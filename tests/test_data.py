@@ -2,8 +2,8 @@ import torch
 
 from trainables.data import DeviceLoader, load_splits
 from trainables.data.augment import crop_flip, random_crop_flip_params
-from trainables.data.splits import stratified_split
 from trainables.data.sources import make_synthetic, read_image_folder
+from trainables.data.splits import stratified_split
 
 
 def test_validation_split_is_seeded_stratified_and_ten_percent_by_default():

@@ -1,14 +1,21 @@
 """Sparsity that stays real: exact counts, RigL allocation, enforcement, schedules, checkpoints."""
 import copy
-import io
 
 import pytest
 import torch
 
 from trainables.models import create_model
 from trainables.sparsity import (
-    SparsityError, apply_masks, density_at_step, get_masks, init_masks, load_sparse, maskable_parameters,
-    pruning_plan, save_sparse, to_dense_state_dict,
+    SparsityError,
+    apply_masks,
+    density_at_step,
+    get_masks,
+    init_masks,
+    load_sparse,
+    maskable_parameters,
+    pruning_plan,
+    save_sparse,
+    to_dense_state_dict,
 )
 
 METHODS = ["uniform", "uniform+", "ER", "ERK", "SNIP", "GraSP", "magnitude"]

@@ -13,7 +13,13 @@ from trainables.data.augment import normalize
 from trainables.losses import Connector, at_loss, check_fg_size, kd_loss, match_spatial, sfkd_parts, sp_loss
 from trainables.models import create_model
 from trainables.sparsity import (
-    apply_masks, check_density, get_masks, init_masks, maskable_parameters, prune_by_magnitude, pruning_plan,
+    apply_masks,
+    check_density,
+    get_masks,
+    init_masks,
+    maskable_parameters,
+    prune_by_magnitude,
+    pruning_plan,
 )
 from trainables.teacher import load_teacher
 

@@ -34,14 +34,20 @@ class SFKDTrainable(tune.Trainable):
         metrics = self.run.step("val")
         metrics["cuda"] = int(self.run.device.type == "cuda")
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
-        if metrics.pop("diverged"):
-            # A NaN/inf loss ends the trial now; it reports no val_acc, so it can never be a best trial.
-            return {**metrics, "status": "diverged", "done": True}
+        self.diverged = metrics.pop("diverged")
+        if self.diverged:
+            # A NaN/inf loss ends the trial now. It reports the worst possible validation figures (Ray
+            # requires the search metric in every result), so it can never rank as a best trial.
+            worst = {"val_acc": float("-inf"), "val_acc5": float("-inf"), "val_loss": float("inf")}
+            return {**metrics, **worst, "status": "diverged", "done": True}
         metrics["status"] = "ok"
         metrics["done"] = self.run.epoch >= self.run.cfg.epochs
+        metrics["should_checkpoint"] = True  # every healthy epoch; a diverged state is never saved
         return metrics
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        if getattr(self, "diverged", False):
+            return  # NaN weights are not a state anyone should resume from (Ray may still ask at the end)
         state = self.run.state_dict()
         extra = {k: v for k, v in state.items() if k not in ("student", "masks")}
         save_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE, state["student"], state["masks"],

@@ -30,7 +30,7 @@ def code_version() -> str:
         return "unknown"
 
 
-def resolve_teacher(space, storage: Path, tracker: SearchTracker) -> None:
+def resolve_teacher(space, storage: Path, tracker: SearchTracker, log: bool = True) -> None:
     """`teacher: auto` -> train the dense teacher once, cache it by its recipe, log it to the parent."""
     cfg = space.config
     if cfg.get("teacher", "auto") != "auto":
@@ -55,9 +55,10 @@ def resolve_teacher(space, storage: Path, tracker: SearchTracker) -> None:
         path, acc = train_teacher(tcfg, path)
         print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> {path}", flush=True)
     cfg["teacher"] = str(path)
-    tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": acc}, step=0)
-    tracker.client.log_artifact(tracker.parent_id, str(path), "teacher")
-    tracker.set_tags(tracker.parent_id, {"sfkd.teacher": path.name})
+    if log:
+        tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": acc}, step=0)
+        tracker.log_artifact(tracker.parent_id, str(path), "teacher")
+        tracker.set_tags(tracker.parent_id, {"sfkd.teacher": path.name})
 
 
 class PrintCallback(Callback):
@@ -95,41 +96,56 @@ def build_scheduler(space):
                          reduction_factor=sch["reduction_factor"])
 
 
-def run_search(space, storage: Path, name: str, args, argv: list[str]) -> int:
+def run_search(space, storage: Path, name: str, args, argv: list[str], resume: dict | None = None) -> int:
+    """Run (or, with `resume` = the saved search.json, continue) one search."""
+    trainable = SFKDTrainable
     run_dir = storage / name
-    uri = normalise_uri(args.tracking_uri)
-    tracker = SearchTracker(uri, experiment=space.name)
-    params = {"space": space.name, "argv": " ".join(argv), "storage": str(run_dir), **{
-        f"search.{k}": v for k, v in space.search.items()}, **{f"scheduler.{k}": v for k, v in space.scheduler.items()},
-        **{f"resources.{k}": v for k, v in space.resources.items()}}
-    parent = tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
-                                                 "sfkd.code_version": code_version()})
-    tracker.client.log_text(parent, space.text, f"space/{space.path.name}")
-    (run_dir / "search.json").write_text(json.dumps(
-        {"space": space.name, "space_file": str(space.path), "parent_run_id": parent, "tracking_uri": uri,
-         "experiment": space.name, "argv": argv}, indent=2))
-    print(f"search {name}: MLflow run {parent} in experiment '{space.name}' at {uri}", flush=True)
-    resolve_teacher(space, storage, tracker)
+    uri = normalise_uri(args.tracking_uri) if args.tracking_uri or not resume else resume["tracking_uri"]
+    tracker = SearchTracker(uri, experiment=space.name, run_dir=run_dir)
+    if resume:
+        tracker.resume_parent(resume["parent_run_id"])
+        print(f"search {name}: resuming MLflow run {tracker.parent_id} ({len(tracker.children)} trials recorded)",
+              flush=True)
+    else:
+        params = {"space": space.name, "argv": " ".join(argv), "storage": str(run_dir),
+                  **{f"search.{k}": v for k, v in space.search.items()},
+                  **{f"scheduler.{k}": v for k, v in space.scheduler.items()},
+                  **{f"resources.{k}": v for k, v in space.resources.items()}}
+        tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
+                                            "sfkd.code_version": code_version()})
+        tracker.log_text(tracker.parent_id, space.text, f"space/{space.path.name}")
+        state = {"space": space.name, "space_file": str(space.path), "parent_run_id": tracker.parent_id,
+                 "tracking_uri": uri, "experiment": space.name, "argv": argv}
+        (run_dir / "search.json").write_text(json.dumps(state, indent=2))
+        print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{space.name}' at {uri}", flush=True)
+    resolve_teacher(space, storage, tracker, log=not resume)
 
     s, sch = space.search, space.scheduler
     printer = TrialPrinter(sch["max_t"], s["metric"], s["mode"])
     callbacks = [MLflowTrialCallback(tracker, sch["max_t"])]
     if not args.quiet:
         callbacks.append(PrintCallback(printer))
-    tuner = tune.Tuner(
-        tune.with_resources(SFKDTrainable, {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}),
-        param_space=to_param_space(space),
-        tune_config=tune.TuneConfig(metric=s["metric"], mode=s["mode"], search_alg=build_searcher(space),
-                                    scheduler=build_scheduler(space), num_samples=s["num_samples"],
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
-            stop={"epoch": sch["max_t"]},
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=s["keep_checkpoints"], checkpoint_frequency=1,
-                                                    checkpoint_score_attribute=s["metric"],
-                                                    checkpoint_score_order=s["mode"]),
-            failure_config=tune.FailureConfig(max_failures=s["max_failures"])),
-    )
+    resources = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}
+    if resume:
+        tuner = tune.Tuner.restore(str(run_dir), tune.with_resources(trainable, resources),
+                                   resume_unfinished=True, resume_errored=True)
+        # The restored run config holds the callbacks pickled at the start; use this process's.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+    else:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            param_space=to_param_space(space),
+            tune_config=tune.TuneConfig(metric=s["metric"], mode=s["mode"], search_alg=build_searcher(space),
+                                        scheduler=build_scheduler(space), num_samples=s["num_samples"],
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                stop={"epoch": sch["max_t"]},
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=s["keep_checkpoints"],
+                                                        checkpoint_score_attribute=s["metric"],
+                                                        checkpoint_score_order=s["mode"]),
+                failure_config=tune.FailureConfig(max_failures=s["max_failures"])),
+        )
     results = tuner.fit()
     return finish(space, results, tracker, run_dir)
 
@@ -147,8 +163,9 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     if not ranked:
         tracker.end(tracker.parent_id, "FAILED")
         print("no trial finished; nothing to export", file=sys.stderr)
+        report_pending(tracker, run_dir)
         return 1
-    for value, r in ranked[:space.search["keep_checkpoints"]]:
+    for _, r in ranked[:space.search["keep_checkpoints"]]:
         ckpt = r.get_best_checkpoint(metric, mode) or r.checkpoint
         trial_id = r.metrics["trial_id"]
         run_id = tracker.children.get(trial_id)
@@ -156,7 +173,7 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
             continue
         f = Path(ckpt.path) / "student.sfkd"
         head, _ = read_header(f)
-        tracker.client.log_artifact(run_id, str(f), "checkpoint")
+        tracker.log_artifact(run_id, str(f), "checkpoint")
         tracker.set_tags(run_id, {"sfkd.checkpoint.density": f"{head['measured_density']:.6f}",
                                   "sfkd.checkpoint.nonzero_params": head["nonzero_params"],
                                   "sfkd.checkpoint.size_bytes": f.stat().st_size})
@@ -164,10 +181,18 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     config = {k: v for k, v in best.config.items()}
     out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
                             experiment=space.name, trial_id=best.metrics["trial_id"], val_acc=round(best_value, 4))
-    tracker.client.log_artifact(tracker.parent_id, str(out))
+    tracker.log_artifact(tracker.parent_id, str(out))
     tracker.log_metrics(tracker.parent_id, {f"best_{metric}": best_value,
                                             "trials_finished": len(ranked), "trials_total": len(results)}, step=0)
     tracker.set_tags(tracker.parent_id, {"sfkd.best_trial": best.metrics["trial_id"]})
     tracker.end(tracker.parent_id)
     print(f"best trial {best.metrics['trial_id']}: {metric} {best_value:.2f}; best config -> {out}", flush=True)
+    report_pending(tracker, run_dir)
     return 0
+
+
+def report_pending(tracker: SearchTracker, run_dir: Path) -> None:
+    left = tracker.flush()
+    if left:
+        print(f"warning: {left} MLflow writes could not be sent to {tracker.uri}; they are kept in "
+              f"{run_dir / 'mlflow_pending.jsonl'}: run python -m tuner.sync --run-dir {run_dir}", file=sys.stderr)

@@ -52,13 +52,13 @@ def main(argv=None) -> int:
     out = Path(a.out or f"sfkd_runs/final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    tracker = SearchTracker(normalise_uri(a.tracking_uri), a.experiment or header.get("experiment", "final"))
+    tracker = SearchTracker(normalise_uri(a.tracking_uri), a.experiment or header.get("experiment", "final"), out)
     run = DistillRun(cfg, full_train=True)
     tags = {"sfkd.kind": "final"}
     if header.get("search_run_id"):
         tags["sfkd.search_run_id"] = header["search_run_id"]
     run_id = tracker.start_parent(f"final-{cfg.student}-d{cfg.density:g}", cfg.to_dict(), tags)
-    tracker.client.log_artifact(run_id, str(path), "config")
+    tracker.log_artifact(run_id, str(path), "config")
 
     bar = epoch_bar(cfg.epochs, f"final {cfg.student}")
     for _ in range(cfg.epochs):
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     state = run.state_dict()
     ckpt = out / "student.sfkd"
     head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict())
-    tracker.client.log_artifact(run_id, str(ckpt), "checkpoint")
+    tracker.log_artifact(run_id, str(ckpt), "checkpoint")
     model_name = a.model_name or f"sfkd-{cfg.student}-{cfg.dataset}"
     registered = register(tracker, run_id, model_name, {
         "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],

@@ -34,6 +34,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--name", help="run folder name (default SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key (or search.x / scheduler.x / resources.x); repeatable")
+    p.add_argument("--resume", action="store_true", help=(
+        "continue the latest search of --space under --storage-path (or the one named by --name) after an "
+        "interruption: finished trials are kept, unfinished ones continue from their last checkpoint, and "
+        "MLflow records go on in the same parent run"))
     p.add_argument("--quiet", action="store_true", help="no per-trial lines, only the summary")
     return p
 
@@ -78,10 +82,9 @@ def init_ray(address: str | None, log_file: Path):
     logging.getLogger("ray").propagate = False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
-        kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                  configure_logging=False)
+        kw = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
         try:
-            ray.init(address=address, **kw) if address else ray.init(**kw)
+            ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
         except ConnectionError as e:
             raise UsageError(f"--address {address}: cannot reach a Ray cluster there ({e})") from None
     return ray
@@ -98,9 +101,46 @@ def check_gpus(space, asked_on_cli: bool, ray) -> None:
         space.resources["gpu"] = 0
 
 
+def find_previous(storage: Path, space_name: str, name: str | None) -> Path:
+    if name:
+        run_dir = storage / name
+        if not (run_dir / "search.json").is_file():
+            raise UsageError(f"--resume: {run_dir} is not a search folder (no search.json)")
+    else:
+        found = []
+        for f in storage.glob("*/search.json"):
+            try:
+                if json.loads(f.read_text()).get("space") == space_name:
+                    found.append(f.parent)
+            except (OSError, ValueError):
+                continue
+        if not found:
+            raise UsageError(f"--resume: no previous search of space {space_name!r} under {storage}")
+        run_dir = max(found, key=lambda d: (d / "search.json").stat().st_mtime)
+    if not (run_dir / "tuner.pkl").is_file():
+        raise UsageError(f"--resume: {run_dir} holds no Ray Tune state (tuner.pkl); it cannot be resumed")
+    return run_dir
+
+
 def main(argv=None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     a = build_parser().parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if a.resume:
+        storage = Path(a.storage_path).expanduser().resolve()
+        if not storage.is_dir():
+            raise UsageError(f"--resume: storage path {storage} does not exist")
+        run_dir = find_previous(storage, Path(a.space).stem, a.name)
+        state = json.loads((run_dir / "search.json").read_text())
+        # The resumed search is the one that was started: same space file and the same overrides.
+        first = build_parser().parse_args(state["argv"])
+        space = parse_space(state["space_file"], cli_overrides(first))
+        first.tracking_uri, first.quiet = a.tracking_uri, a.quiet
+        ray = init_ray(a.address, run_dir / "search.log")
+        check_gpus(space, False, ray)
+        from tuner.driver import run_search
+
+        return run_search(space, storage, run_dir.name, first, state["argv"], resume=state)
     space = parse_space(a.space, cli_overrides(a))
     storage = prepare_storage(a.storage_path)
     name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -119,7 +159,7 @@ def main(argv=None) -> int:
 
     from tuner.driver import run_search
 
-    return run_search(space, storage, name, a, argv if argv is not None else sys.argv[1:])
+    return run_search(space, storage, name, a, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,28 @@
-"""MLflow: one parent run per search, one child run per trial; the driver is the only writer."""
+"""MLflow: one parent run per search, one child run per trial; the driver is the only writer.
+
+Every write goes through one queue. A write that fails (the tracking server is down) is kept, in
+memory and in `mlflow_pending.jsonl` in the run folder, and sent again before the next write and at
+the end of the search; a child run that could not be created yet gets a placeholder id that is
+swapped for the real one when it is. What is still pending when the search ends is uploaded later by
+`python -m tuner.sync --run-dir DIR`.
+"""
+import json
 import math
+import os
 import time
+import uuid
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+# Fail fast on an unreachable server (the queue keeps the write) instead of MLflow's minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
 PARENT_TAG = "mlflow.parentRunId"
+PENDING_FILE = "mlflow_pending.jsonl"
 # Result fields that are bookkeeping rather than measurements of the trial.
 NOT_METRICS = {"done", "epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
                "time_since_restore", "iterations_since_restore", "timesteps_total", "episodes_total",
@@ -29,27 +44,6 @@ def normalise_uri(uri: str | None) -> str:
     return uri
 
 
-def get_experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:"):
-        db = Path(uri[len("sqlite:///"):])
-        location = (db.parent / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
-def _params(config: dict) -> list[Param]:
-    return [Param(k, str(v)[:500]) for k, v in sorted(config.items())]
-
-
-def log_params(client: MlflowClient, run_id: str, config: dict) -> None:
-    params = _params(config)
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i:i + 100])
-
-
 def numeric_metrics(result: dict) -> dict[str, float]:
     out = {}
     for k, v in result.items():
@@ -63,38 +57,162 @@ def numeric_metrics(result: dict) -> dict[str, float]:
 class SearchTracker:
     """Parent and child runs of one search, addressed by explicit run ids (safe from Ray's threads)."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, run_dir: Path | None = None):
         self.uri = uri
+        self.experiment = experiment
+        self.run_dir = Path(run_dir) if run_dir else None
         self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = get_experiment_id(self.client, experiment, uri)
+        self.experiment_id = self._experiment_id()
         self.parent_id: str | None = None
-        self.children: dict[str, str] = {}
+        self.children: dict[str, str] = {}  # trial id -> run id (or a placeholder until created)
+        self.last_step: dict[str, int] = {}  # run id -> last epoch logged (a resume never logs it twice)
+        self.pending: list[dict] = []
+        self.real_id: dict[str, str] = {}  # placeholder -> run id
+
+    # The client holds connections; a pickled tracker (inside Ray's tuner.pkl) rebuilds its own.
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "client"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=location)
+
+    # -- the write queue ----------------------------------------------------------------------
+    def _resolve(self, run_id: str) -> str:
+        return self.real_id.get(run_id, run_id)
+
+    def _execute(self, op: dict) -> None:
+        kind = op["op"]
+        if kind == "create_run":
+            run = self.client.create_run(self.experiment_id, run_name=op["name"], tags=op["tags"])
+            self.real_id[op["placeholder"]] = run.info.run_id
+            for trial, rid in self.children.items():
+                if rid == op["placeholder"]:
+                    self.children[trial] = run.info.run_id
+            return
+        run_id = self._resolve(op["run_id"])
+        if run_id.startswith("pending-"):
+            raise RuntimeError("run not created yet")
+        if kind == "log_batch":
+            self.client.log_batch(
+                run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])],
+                params=[Param(k, v) for k, v in op.get("params", [])], tags=[RunTag(k, v) for k, v in op.get("tags", [])])
+        elif kind == "terminate":
+            self.client.set_terminated(run_id, status=op["status"])
+        elif kind == "artifact":
+            self.client.log_artifact(run_id, op["path"], op["artifact_path"])
+        elif kind == "text":
+            self.client.log_text(run_id, op["text"], op["artifact_file"])
+
+    def _submit(self, op: dict) -> None:
+        self.pending.append(op)
+        self.flush()
+
+    def flush(self) -> int:
+        """Send queued writes in order; stop at the first failure. Returns how many are left."""
+        while self.pending:
+            try:
+                self._execute(self.pending[0])
+            except Exception:  # noqa: BLE001 - any failure to reach the store: keep the write
+                break
+            self.pending.pop(0)
+        self._persist()
+        return len(self.pending)
+
+    def _persist(self) -> None:
+        if self.run_dir is None:
+            return
+        path = self.run_dir / PENDING_FILE
+        if not self.pending:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({**op, "real_id": self.real_id}) + "\n" for op in self.pending))
+        os.replace(tmp, path)
+
+    # -- runs ---------------------------------------------------------------------------------
+    def _new_run(self, name: str, tags: dict) -> str:
+        placeholder = f"pending-{uuid.uuid4().hex}"
+        self._submit({"op": "create_run", "placeholder": placeholder, "name": name, "tags": tags})
+        return self._resolve(placeholder)
 
     def start_parent(self, run_name: str, params: dict, tags: dict) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.parent_id = run.info.run_id
-        log_params(self.client, self.parent_id, params)
+        self.parent_id = self._new_run(run_name, tags)
+        if self.parent_id.startswith("pending-"):
+            raise ConnectionError(f"cannot reach the MLflow tracking server at {self.uri}")
+        self.log_params(self.parent_id, params)
         return self.parent_id
+
+    def resume_parent(self, parent_id: str) -> None:
+        """Continue a search's parent run: its children and the last epoch each one logged."""
+        self.parent_id = parent_id
+        self.client.update_run(parent_id, status="RUNNING")
+        children = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                           max_results=5000)
+        for run in children:
+            self.children[run.data.tags["sfkd.trial_id"]] = run.info.run_id
+            history = self.client.get_metric_history(run.info.run_id, "lr")  # logged every epoch
+            self.last_step[run.info.run_id] = max((m.step for m in history), default=0)
 
     def child(self, trial_id: str, run_name: str, config: dict) -> str:
         if trial_id not in self.children:
-            run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                         tags={PARENT_TAG: self.parent_id, "sfkd.trial_id": trial_id})
-            self.children[trial_id] = run.info.run_id
-            log_params(self.client, self.children[trial_id], config)
-        return self.children[trial_id]
+            run_id = self._new_run(run_name, {PARENT_TAG: self.parent_id, "sfkd.trial_id": trial_id})
+            self.children[trial_id] = run_id
+            self.log_params(run_id, config)
+        return self._resolve(self.children[trial_id])
+
+    def log_params(self, run_id: str, config: dict) -> None:
+        params = [(k, str(v)[:500]) for k, v in sorted(config.items())]
+        for i in range(0, len(params), 100):
+            self._submit({"op": "log_batch", "run_id": run_id, "params": params[i:i + 100]})
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step) for k, v in metrics.items()]
+        items = [(k, v, now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 200):
-            self.client.log_batch(run_id, metrics=items[i:i + 200])
+            self._submit({"op": "log_batch", "run_id": run_id, "metrics": items[i:i + 200]})
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> bool:
+        """Log one epoch of a trial unless that epoch was logged already (a resumed trial replays)."""
+        if epoch <= self.last_step.get(run_id, 0):
+            return False
+        self.log_metrics(run_id, metrics, step=epoch)
+        self.last_step[run_id] = epoch
+        return True
 
     def set_tags(self, run_id: str, tags: dict) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._submit({"op": "log_batch", "run_id": run_id, "tags": [(k, str(v)) for k, v in tags.items()]})
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self._submit({"op": "artifact", "run_id": run_id, "path": str(path), "artifact_path": artifact_path})
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._submit({"op": "text", "run_id": run_id, "text": text, "artifact_file": artifact_file})
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self._submit({"op": "terminate", "run_id": run_id, "status": status})
+
+
+def sync_pending(run_dir: Path, uri: str, experiment: str) -> int:
+    """Upload the writes a search could not send (python -m tuner.sync). Returns how many are left."""
+    path = Path(run_dir) / PENDING_FILE
+    if not path.exists():
+        return 0
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    tracker = SearchTracker(uri, experiment, run_dir)
+    for op in lines:
+        tracker.real_id.update(op.pop("real_id", {}))
+    tracker.pending = lines
+    return tracker.flush()
 
 
 class MLflowTrialCallback(Callback):
@@ -114,14 +232,14 @@ class MLflowTrialCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
         self.last[trial.trial_id] = result
-        self.tracker.log_metrics(run_id, numeric_metrics(result), step=int(result.get("epoch", 0)))
+        self.tracker.log_epoch(run_id, numeric_metrics(result), int(result.get("epoch", 0)))
         if result.get("status") == "diverged":
             self.tracker.set_tags(run_id, {"sfkd.status": "diverged",
                                            "sfkd.reason": f"loss became {result.get('loss')} at epoch {result.get('epoch')}"})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
-        last = self.last.get(trial.trial_id, {})
+        last = self.last.get(trial.trial_id) or trial.last_result or {}
         if last.get("status") == "diverged":
             status = "diverged"
         elif int(last.get("epoch", 0)) < self.max_t:
@@ -133,5 +251,14 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
-        self.tracker.set_tags(run_id, {"sfkd.status": "error", "sfkd.error_file": str(trial.error_file or "")})
+        reason = ""
+        try:  # the last line of the traceback says what went wrong
+            lines = [x for x in Path(trial.error_file).read_text().splitlines() if x.strip()]
+            reason = lines[-1][:500] if lines else ""
+        except (OSError, TypeError):
+            pass
+        # Ray syncs error.txt (the full traceback) into the trial's folder in the run folder.
+        self.tracker.set_tags(run_id, {"sfkd.status": "error", "sfkd.reason": reason,
+                                       "sfkd.error_file": str(Path(trial.path) / "error.txt"),
+                                       "sfkd.epochs_run": (trial.last_result or {}).get("epoch", 0)})
         self.tracker.end(run_id, "FAILED")

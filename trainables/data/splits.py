@@ -5,7 +5,11 @@ from pathlib import Path
 import torch
 
 from trainables.data.sources import (
-    DataError, make_synthetic, read_image_folder, read_torchvision_cifar, unpack_archive,
+    DataError,
+    make_synthetic,
+    read_image_folder,
+    read_torchvision_cifar,
+    unpack_archive,
 )
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")

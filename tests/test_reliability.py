@@ -1,0 +1,124 @@
+"""Interruptions and faults never lose a finished trial or a logged metric."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray import cloudpickle
+
+from tuner import driver, search
+from tuner.tracking import PARENT_TAG
+
+
+def _children(uri, experiment="smoke"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sfkd.kind") == "search"]
+    return client, parents, [r for r in runs if PARENT_TAG in r.data.tags]
+
+
+@pytest.mark.slow
+def test_diverging_and_failing_trials_are_reported_and_the_search_goes_on(ray_session, tmp_path, monkeypatch):
+    import faults
+
+    cloudpickle.register_pickle_by_value(faults)
+    faults.FlakyTrainable.LOG = str(tmp_path / "restores.log")
+    monkeypatch.setattr(driver, "SFKDTrainable", faults.FlakyTrainable)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = search.main(["--space", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
+                      "--name", "faults", "--quiet", "--set", "lr={grid: [0.05, 0.1, 1000000.0]}",
+                      "--set", "search.searcher=grid", "--set", "search.num_samples=1", "--set", "scheduler.type=fifo",
+                      "--set", "beta=0.5", "--set", "gamma=0.5", "--set", "bg_weight=0.4", "--set", "synthetic_size=400",
+                      "--epochs", "2", "--set", "search.max_failures=1"])
+    assert rc == 0
+    client, parents, children = _children(uri)
+    by_lr = {c.data.params["lr"]: c for c in children}
+    assert set(by_lr) == {"0.05", "0.1", "1000000.0"}
+    # lr 1e6: the loss is not finite in epoch 1; the trial stops at once, says why, and never wins.
+    diverged = by_lr["1000000.0"]
+    assert diverged.data.tags["sfkd.status"] == "diverged" and "loss became" in diverged.data.tags["sfkd.reason"]
+    assert "val_acc" not in diverged.data.metrics
+    # lr 0.1 raises in epoch 2 every time: retried once from its epoch-1 checkpoint, then failed.
+    failed = by_lr["0.1"]
+    assert failed.data.tags["sfkd.status"] == "error" and failed.info.status == "FAILED"
+    error_file = Path(failed.data.tags["sfkd.error_file"])
+    assert error_file.is_file() and "simulated fault in epoch 2" in error_file.read_text()
+    assert str(tmp_path / "runs" / "faults") in str(error_file)
+    assert "restored lr=0.1 at epoch 1" in (tmp_path / "restores.log").read_text()
+    # The healthy trial finished and is the best.
+    ok = by_lr["0.05"]
+    assert ok.data.tags["sfkd.status"] == "completed"
+    assert parents[0].data.tags["sfkd.best_trial"] == ok.data.tags["sfkd.trial_id"]
+
+
+def _start_search(tmp_path, uri, address, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner.search", "--space", "smoke", "--storage-path", str(tmp_path / "runs"),
+         "--tracking-uri", uri, "--address", address, "--quiet", *extra],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    address = ray_session.get_runtime_context().gcs_address
+    proc = _start_search(tmp_path, uri, address, "--name", "killed", "--set", "synthetic_size=600",
+                         "--set", "search.num_samples=6")
+    deadline = time.monotonic() + 240
+    done_before = []
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if (tmp_path / "mlflow.db").exists():
+            try:
+                _, _, children = _children(uri)
+            except Exception:  # noqa: BLE001 - the experiment may not exist yet
+                continue
+            done_before = [c for c in children if c.data.tags.get("sfkd.status") in ("completed", "stopped_early")]
+            if len(done_before) >= 2:
+                break
+    assert proc.poll() is None, proc.stdout.read()
+    assert len(done_before) >= 2, "no trial finished in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    client, _, before = _children(uri)
+    history_before = {c.info.run_id: [(m.step, m.value) for m in client.get_metric_history(c.info.run_id, "val_acc")]
+                      for c in done_before}
+    assert len(before) < 6
+
+    r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--storage-path",
+                        str(tmp_path / "runs"), "--address", address, "--resume", "--quiet"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming MLflow run" in r.stdout
+    client, parents, children = _children(uri)
+    assert len(parents) == 1  # the same parent run, continued
+    trial_ids = [c.data.tags["sfkd.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 6  # exactly one child per trial
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "lr")]
+        assert steps == sorted(set(steps)), (c.data.tags["sfkd.trial_id"], steps)  # no duplicated steps
+        assert "sfkd.status" in c.data.tags
+    for run_id, hist in history_before.items():  # finished trials did not run again
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == hist
+    assert (tmp_path / "runs" / "killed" / "best_config.yaml").is_file()
+    assert parents[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--resume"], "no previous search of space 'smoke'"),
+    (["--resume", "--name", "not-a-search"], "is not a search folder"),
+])
+def test_resume_without_a_previous_search_exits_2_with_one_line(tmp_path, args, expect):
+    (tmp_path / "runs" / "not-a-search").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--storage-path",
+                        str(tmp_path / "runs"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr

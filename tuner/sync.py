@@ -1,0 +1,33 @@
+"""python -m tuner.sync --run-dir DIR: upload the MLflow writes a search kept while the server was down."""
+import json
+import sys
+from pathlib import Path
+
+from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.tracking import PENDING_FILE, sync_pending
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="python -m tuner.sync", description=(
+        "Send the MLflow writes that a search could not send (kept in <run-dir>/mlflow_pending.jsonl)."))
+    p.add_argument("--run-dir", required=True, help="the search's run folder, e.g. sfkd_runs/smoke-20260101-120000")
+    p.add_argument("--tracking-uri", help="where to send them (default: the search's own tracking URI)")
+    a = p.parse_args(argv)
+    run_dir = Path(a.run_dir).resolve()
+    state_file = run_dir / "search.json"
+    if not state_file.is_file():
+        raise UsageError(f"--run-dir {run_dir} is not a search folder (no search.json)")
+    state = json.loads(state_file.read_text())
+    if not (run_dir / PENDING_FILE).exists():
+        print(f"nothing to send: {run_dir} has no pending MLflow writes")
+        return 0
+    left = sync_pending(run_dir, a.tracking_uri or state["tracking_uri"], state["experiment"])
+    if left:
+        print(f"error: {left} writes still cannot be sent; they stay in {run_dir / PENDING_FILE}", file=sys.stderr)
+        return 1
+    print(f"all pending MLflow writes of {run_dir.name} sent")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
