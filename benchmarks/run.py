@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -258,8 +259,11 @@ def main():
     res = throughput_rows(data, n_images, pairs, out_dir)
     cfg, splits = res.pop("_cfg"), res.pop("_splits")
     splits.source_dir = data
+    print({k: v for k, v in res.items()}, flush=True)
     res["ray_overhead_pct"] = ray_overhead(cfg, splits, epochs=2 if a.quick else 4)
+    print("ray_overhead_pct", res["ray_overhead_pct"], flush=True)
     res["first_result_s"] = first_result_seconds(out_dir)
+    print("first_result_s", res["first_result_s"], flush=True)
     res["ckpt_size_ratio_d0.1"] = checkpoint_ratio(out_dir)
     res.update(asha_rows(data, out_dir, max_t=4 if a.quick else 9, n_configs=8))
     res.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -23,6 +23,7 @@ class SFKDTrainable(tune.Trainable):
         import ray
 
         self.gpu_ids = ray.get_gpu_ids()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.run = DistillRun(config, device=device)
 
     def reset_config(self, new_config: dict) -> bool:
@@ -34,6 +35,7 @@ class SFKDTrainable(tune.Trainable):
         metrics = self.run.step("val")
         metrics["cuda"] = int(self.run.device.type == "cuda")
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
+        metrics["node_id"] = self.node_id  # which Ray node ran this epoch (kept in result.json)
         self.diverged = metrics.pop("diverged")
         if self.diverged:
             # A NaN/inf loss ends the trial now. It reports the worst possible validation figures (Ray

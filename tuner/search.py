@@ -122,6 +122,28 @@ def find_previous(storage: Path, space_name: str, name: str | None) -> Path:
     return run_dir
 
 
+def preflight(space) -> None:
+    """Data and teacher files are checked before anything is recorded or any trial starts."""
+    from trainables.config import DistillConfig
+    from trainables.data.splits import NUM_CLASSES, locate_data
+    from trainables.teacher import load_teacher
+
+    cfg = DistillConfig.from_dict(space.config)
+    if "dataset" in space.params or "data_dir" in space.params:
+        return
+    kind, root = locate_data(cfg.dataset, cfg.data_dir, cfg.download)
+    if cfg.teacher in ("auto", "none") or "teacher" in space.params:
+        return
+    if kind == "synthetic":
+        num_classes = cfg.synthetic_classes
+    elif kind == "tree":
+        num_classes = sum(1 for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+    else:
+        num_classes = NUM_CLASSES[cfg.dataset]
+    if "teacher_arch" not in space.params:
+        load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, num_classes)
+
+
 def main(argv=None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     a = build_parser().parse_args(argv)
@@ -142,6 +164,7 @@ def main(argv=None) -> int:
 
         return run_search(space, storage, run_dir.name, first, state["argv"], resume=state)
     space = parse_space(a.space, cli_overrides(a))
+    preflight(space)
     storage = prepare_storage(a.storage_path)
     name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = storage / name

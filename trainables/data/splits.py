@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from trainables.data.sources import (
+    IMAGE_EXTENSIONS,
     DataError,
     make_synthetic,
     read_image_folder,
@@ -75,6 +76,41 @@ def _resolve_tree(data_dir: Path) -> Path | None:
     return subs[0] if len(subs) == 1 else None
 
 
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def locate_data(dataset: str, data_dir: str | None, download: bool = False) -> tuple[str, Path | None]:
+    """Where a dataset's files are, checked without decoding them: ("synthetic", None),
+    ("tree", ImageFolder root) or ("torchvision", root). Raises DataError with what is missing."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        return "synthetic", None
+    if not data_dir:
+        raise DataError(f"dataset {dataset} needs --data-dir (a folder with train/ and test/, or the torchvision files)")
+    root = Path(data_dir).expanduser().resolve()
+    if not root.exists():
+        raise DataError(f"data dir {root} does not exist")
+    tree = _resolve_tree(root)
+    if tree is not None:
+        for split in ("train", "test"):
+            folder = tree / split
+            classes = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")] if folder.is_dir() else []
+            if not classes:
+                raise DataError(f"data folder {folder} has no class folders; expected {folder}/<class>/*.jpg")
+            if dataset in NUM_CLASSES and len(classes) != NUM_CLASSES[dataset]:
+                raise DataError(f"{folder} has {len(classes)} class folders; {dataset} expects {NUM_CLASSES[dataset]}")
+            if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in classes[0].iterdir()):
+                raise DataError(f"data folder {classes[0]} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return "tree", tree
+    if dataset in NUM_CLASSES:
+        if not (root / TORCHVISION_FOLDERS[dataset]).is_dir() and not download:
+            raise DataError(f"{dataset} not found under {root}: expected {TORCHVISION_FOLDERS[dataset]}/ (torchvision), "
+                            f"train/ and test/ class folders, or a .tar.gz of them (or set download: true)")
+        return "torchvision", root
+    raise DataError(f"{root} is not an ImageFolder tree; expected {root}/train/<class>/ and {root}/test/<class>/")
+
+
 def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0,
                 train_subset: int | None = None, val_subset: int | None = None, download: bool = False,
                 synthetic_size: int = 2000, synthetic_classes: int = 10, image_size: int = 32,
@@ -83,29 +119,17 @@ def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float =
 
     full_train=True (the final run) trains on train+val and keeps val empty.
     """
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    if dataset == "synthetic":
+    kind, root = locate_data(dataset, data_dir, download)
+    if kind == "synthetic":
         tx, ty = make_synthetic(synthetic_size, synthetic_classes, image_size, seed=1000)
         sx, sy = make_synthetic(max(200, synthetic_size // 5), synthetic_classes, image_size, seed=2000)
         num_classes = synthetic_classes
+    elif kind == "tree":
+        tx, ty, sx, sy, num_classes = _read_tree(root)
     else:
-        if not data_dir:
-            raise DataError(f"dataset {dataset} needs --data-dir (a folder with train/ and test/, or the torchvision files)")
-        root = Path(data_dir).expanduser().resolve()
-        if not root.exists():
-            raise DataError(f"data dir {root} does not exist")
-        tree = _resolve_tree(root)
-        if tree is not None:
-            tx, ty, sx, sy, num_classes = _read_tree(tree)
-            if dataset in NUM_CLASSES and num_classes != NUM_CLASSES[dataset]:
-                raise DataError(f"{tree} has {num_classes} classes; {dataset} expects {NUM_CLASSES[dataset]}")
-        elif dataset in NUM_CLASSES:
-            tx, ty = read_torchvision_cifar(dataset, root, True, download)
-            sx, sy = read_torchvision_cifar(dataset, root, False, download)
-            num_classes = NUM_CLASSES[dataset]
-        else:
-            raise DataError(f"{root} is not an ImageFolder tree; expected {root}/train/<class>/ and {root}/test/<class>/")
+        tx, ty = read_torchvision_cifar(dataset, root, True, download)
+        sx, sy = read_torchvision_cifar(dataset, root, False, download)
+        num_classes = NUM_CLASSES[dataset]
 
     if full_train:
         vx, vy = tx[:0], ty[:0]

@@ -1,0 +1,148 @@
+"""A real MLflow server that goes away mid-search, and a real two-node Ray cluster on loopback."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tuner.tracking import PARENT_TAG, PENDING_FILE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    log = open(folder / f"mlflow-server-{time.time():.0f}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{folder}/server.db",
+                             "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError("mlflow server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+@pytest.mark.slow
+def test_search_survives_an_mlflow_server_outage_and_loses_nothing(ray_session, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path, port)
+    search = None
+    try:
+        search = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", "--space", "smoke", "--tracking-uri", uri, "--address",
+             ray_session.get_runtime_context().gcs_address, "--storage-path", str(tmp_path / "runs"), "--name", "outage",
+             "--num-samples", "4", "--epochs", "3", "--set", "scheduler.type=fifo", "--set", "synthetic_size=600",
+             "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        client = MlflowClient(uri)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # wait for the first logged epoch, then pull the plug
+            time.sleep(1)
+            exp = client.get_experiment_by_name("smoke")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if any("val_acc" in r.data.metrics for r in runs):
+                break
+        stop(server)
+        time.sleep(15)  # trials keep training; their writes queue up
+        server = start_mlflow_server(tmp_path, port)
+        out, _ = search.communicate(timeout=600)
+        assert search.returncode == 0, out
+        if (tmp_path / "runs" / "outage" / PENDING_FILE).exists():  # the search ended during the outage
+            r = subprocess.run([sys.executable, "-m", "tuner.sync", "--run-dir", str(tmp_path / "runs" / "outage")],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+        assert not (tmp_path / "runs" / "outage" / PENDING_FILE).exists()
+
+        exp = client.get_experiment_by_name("smoke")
+        runs = client.search_runs([exp.experiment_id])
+        parents = [r for r in runs if r.data.tags.get("sfkd.kind") == "search"]
+        children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
+        # What an uninterrupted FIFO run of 4 trials x 3 epochs records: 4 children, every metric at
+        # steps 1, 2, 3, all finished, and the parent's best figures and best-config artifact.
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert "best_val_acc" in parents[0].data.metrics
+        assert len(children) == 4
+        keys = None
+        for c in children:
+            assert c.data.tags["sfkd.status"] == "completed" and c.info.status == "FINISHED"
+            assert keys is None or set(c.data.metrics) == keys
+            keys = set(c.data.metrics)
+            for key in ("val_acc", "loss", "lr", "density", "img_per_s"):
+                assert [m.step for m in client.get_metric_history(c.info.run_id, key)] == [1, 2, 3], key
+        artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+        assert "best_config.yaml" in artifacts
+        with_ckpt = [c for c in children if client.list_artifacts(c.info.run_id, "checkpoint")]
+        assert len(with_ckpt) == 2  # keep_checkpoints
+    finally:
+        if search and search.poll() is None:
+            search.kill()
+        stop(server)
+
+
+def _kill_cluster(temp_dir: str, port: int) -> None:
+    """Stop only this test's Ray nodes (`ray stop` would also stop the session's Ray instance)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline or f":{port}" in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.mark.slow
+def test_search_on_a_two_node_ray_cluster_runs_trials_on_both_nodes(tmp_path):
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under it
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                        "--temp-dir", temp_dir, *common], check=True, capture_output=True, timeout=180)
+        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common], check=True,
+                       capture_output=True, timeout=180)
+        r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--address", f"127.0.0.1:{port}",
+                            "--storage-path", str(tmp_path / "runs"), "--name", "cluster", "--tracking-uri",
+                            f"sqlite:///{tmp_path}/mlflow.db", "--num-samples", "4", "--max-concurrent", "2",
+                            "--cpus-per-trial", "1", "--epochs", "2", "--set", "scheduler.type=fifo",
+                            "--set", "synthetic_size=400", "--quiet"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        nodes = set()
+        for f in (tmp_path / "runs" / "cluster").glob("*/result.json"):
+            for line in f.read_text().splitlines():
+                nodes.add(json.loads(line)["node_id"])
+        assert len(nodes) == 2, nodes  # Ray's own record of where each trial's epochs ran
+    finally:
+        _kill_cluster(temp_dir, port)
