@@ -1,6 +1,7 @@
 """SFKDTrainable: the Ray Tune glue over DistillRun. Everything else in trainables/ runs without Ray."""
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -15,13 +16,13 @@ class SFKDTrainable(tune.Trainable):
 
     def setup(self, config: dict):
         resources = self.trial_resources.required_resources if self.trial_resources else {}
+        self.resources = dict(resources)
         wants_gpu = resources.get("GPU", 0) > 0
         # A trial given a GPU share uses CUDA only when this worker can really use it.
         device = "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
         threads = max(1, int(resources.get("CPU", 1)))
         torch.set_num_threads(threads)
-        import ray
-
+        self.diverged = False
         self.gpu_ids = ray.get_gpu_ids()
         self.node_id = ray.get_runtime_context().get_node_id()
         self.run = DistillRun(config, device=device)
@@ -32,7 +33,13 @@ class SFKDTrainable(tune.Trainable):
         return True
 
     def step(self) -> dict:
-        metrics = self.run.step("val")
+        try:
+            metrics = self.run.step("val")
+        except torch.cuda.OutOfMemoryError as e:
+            # Say which request did not fit, so the user can lower the GPU share or the batch size.
+            raise RuntimeError(f"CUDA out of memory in a trial that requested {self.resources} "
+                               f"(batch_size {self.run.cfg.batch_size}, {self.run.cfg.student} + "
+                               f"{self.run.cfg.teacher_arch}): {str(e).splitlines()[0]}") from None
         metrics["cuda"] = int(self.run.device.type == "cuda")
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
         metrics["node_id"] = self.node_id  # which Ray node ran this epoch (kept in result.json)
@@ -48,7 +55,7 @@ class SFKDTrainable(tune.Trainable):
         return metrics
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        if getattr(self, "diverged", False):
+        if self.diverged:
             return  # NaN weights are not a state anyone should resume from (Ray may still ask at the end)
         state = self.run.state_dict()
         extra = {k: v for k, v in state.items() if k not in ("student", "masks")}
