@@ -6,7 +6,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from trainables.sparsity import load_sparse
-from tuner import final, search
+from tuner import checkpoint, export, final, search
 from tuner.tracking import PARENT_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +51,14 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     cfg = yaml.safe_load(best_yaml.read_text())
     assert cfg["student"] == "resnet8" and Path(cfg["teacher"]).is_file() and cfg["epochs"] == 3
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best.data.metrics["best_val_acc"])
+
+    # tuner.export writes the same config again, from MLflow alone.
+    assert export.main(["--experiment", "smoke", "--tracking-uri", uri, "--out", str(tmp_path / "again.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "again.yaml").read_text()) == cfg
+
+    # tuner.checkpoint verifies the uploaded sparse checkpoint and exports it dense.
+    assert checkpoint.main([local, "--dense", str(tmp_path / "dense.pt")]) == 0
+    assert (tmp_path / "dense.pt").stat().st_size > 0
 
     rc = final.main(["--config", str(best_yaml), "--set", "epochs=1", "--tracking-uri", uri,
                      "--out", str(tmp_path / "final")])

@@ -7,6 +7,7 @@ swapped for the real one when it is. What is still pending when the search ends 
 `python -m tuner.sync --run-dir DIR`.
 """
 import json
+import logging
 import math
 import os
 import time
@@ -17,6 +18,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+# MLflow sets its own loggers to INFO when imported; its table-creation chatter stays out of the terminal.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
 # Fail fast on an unreachable server (the queue keeps the write) instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
