@@ -99,13 +99,30 @@ CASES = [  # (id, argv, what the line must say)
 ]
 
 
-@pytest.mark.parametrize("argv,expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_gets_one_line_exit_2_and_leaves_recorded_results_untouched(recorded, tmp_path, argv, expect):
-    work = tmp_path / "work"
+def _run_case(recorded: Path, base: Path, index: int, argv: list[str]):
+    work = base / f"case{index}"
     shutil.copytree(recorded, work)
     before = _snapshot(work)
     r = subprocess.run([sys.executable, *[a.format(r=work) for a in argv]], cwd=work, capture_output=True,
                        text=True, timeout=300)
+    return work, before, r
+
+
+@pytest.fixture(scope="module")
+def outcomes(recorded, tmp_path_factory):
+    """Every case's command, run three at a time (each is a fresh interpreter: mostly import time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tmp_path_factory.mktemp("cases")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(_run_case, recorded, base, i, case[1]) for i, case in enumerate(CASES)]
+        return [f.result() for f in futures]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_line_exit_2_and_leaves_recorded_results_untouched(outcomes, index):
+    expect = CASES[index][2]
+    work, before, r = outcomes[index]
     lines = [line for line in r.stderr.splitlines() if line.strip() and "Token authentication" not in line]
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(lines) == 1 and expect in lines[0], r.stderr
