@@ -1,6 +1,4 @@
 """init_masks: which weights of a student survive, for every method of METHOD.md (Table 9)."""
-from typing import Iterable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -123,10 +121,3 @@ def prune_by_magnitude(model: nn.Module, masks: dict[str, torch.Tensor], density
         scores[k] = torch.where(masks[k], s, torch.full_like(s, -1.0))
     return _top_global(scores, keep)
 
-
-def kept_per_layer(masks: dict[str, torch.Tensor]) -> dict[str, int]:
-    return {k: int(m.sum()) for k, m in masks.items()}
-
-
-def as_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
