@@ -85,3 +85,18 @@ def test_four_trials_share_one_gpu_at_a_quarter_each_and_train_on_cpu_without_cu
     assert all(c.data.metrics["cuda"] == 0 for c in children)
     assert max(c.info.start_time for c in children) < min(c.info.end_time for c in children)
     assert all(c.data.params["epochs"] == "2" for c in children)
+
+
+def test_export_picks_the_trial_the_search_chose_when_val_acc_ties(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("ties")
+    parent = client.create_run(exp, tags={"sfkd.kind": "search"})
+    for trial in ("aaaa", "bbbb", "cccc"):
+        child = client.create_run(exp, tags={PARENT_TAG: parent.info.run_id, "sfkd.trial_id": trial,
+                                             "sfkd.status": "completed"})
+        client.log_metric(child.info.run_id, "best_val_acc", 83.33 if trial != "cccc" else 50.0)
+    client.set_tag(parent.info.run_id, "sfkd.best_trial", "bbbb")
+    assert export.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "bbbb"
+    # Without the search's tag (an interrupted search), ties go to the smaller trial id.
+    client.delete_tag(parent.info.run_id, "sfkd.best_trial")
+    assert export.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "aaaa"

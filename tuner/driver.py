@@ -159,7 +159,9 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
         if r.error is not None or last.get("status") == "diverged" or f"best_{metric}" not in last:
             continue
         ranked.append((last[f"best_{metric}"] if metric != "val_loss" else last.get(metric), r))
-    ranked.sort(key=lambda t: t[0], reverse=(mode == "max"))
+    # Ties go to the smaller trial id, the same rule tuner.export falls back on.
+    sign = -1 if mode == "max" else 1
+    ranked.sort(key=lambda t: (sign * t[0], t[1].metrics["trial_id"]))
     if not ranked:
         tracker.end(tracker.parent_id, "FAILED")
         print("no trial finished; nothing to export", file=sys.stderr)

@@ -76,7 +76,12 @@ def best_child(client: MlflowClient, parent, metric: str = "best_val_acc"):
     ok = [r for r in children if r.data.tags.get("sfkd.status") not in ("diverged", "error") and metric in r.data.metrics]
     if not ok:
         raise UsageError(f"search run {parent.info.run_id} has no finished trial with {metric}")
-    return max(ok, key=lambda r: r.data.metrics[metric])
+    # The search's own choice wins, so ties in val_acc cannot make export disagree with best_config.yaml.
+    chosen = parent.data.tags.get("sfkd.best_trial")
+    for r in ok:
+        if chosen and r.data.tags.get("sfkd.trial_id") == chosen:
+            return r
+    return min(ok, key=lambda r: (-r.data.metrics[metric], r.data.tags.get("sfkd.trial_id", "")))
 
 
 def main(argv=None) -> int:
