@@ -12,6 +12,7 @@ from trainables.data import DataSplits, DeviceLoader, load_splits
 from trainables.data.augment import normalize
 from trainables.losses import Connector, at_loss, check_fg_size, kd_loss, match_spatial, sfkd_parts, sp_loss
 from trainables.models import create_model
+from trainables.probe import attention_probe, layer_densities
 from trainables.sparsity import (
     apply_masks,
     check_density,
@@ -109,6 +110,9 @@ class DistillRun:
                                          channels_last=self.cuda)
         self.epoch = 0
         self.best = {}
+        self.density_history: list[tuple[int, float]] = []  # (epoch, measured density), drawn for iterative pruning
+        self.last_probe: dict | None = None
+        self._teacher_maps = None
 
     # -- construction -------------------------------------------------------------------------
     def _build_connectors(self, num_classes: int) -> nn.ModuleList:
@@ -269,7 +273,26 @@ class DistillRun:
             if ev["acc"] > self.best.get(f"best_{split}_acc", -1.0):
                 self.best = {f"best_{split}_acc": ev["acc"], f"best_{split}_acc5": ev["acc5"], "best_epoch": self.epoch}
             metrics.update(self.best)
+            kept = sum(int(m.sum()) for m in self.masks.values())
+            self.density_history.append((self.epoch, kept / max(1, sum(m.numel() for m in self.masks.values()))))
+            self.last_probe = self.probe(split)
+            metrics["student_fg_share"] = self.last_probe["student_fg_share"]
+            if "teacher_fg_share" in self.last_probe:
+                metrics["teacher_fg_share"] = self.last_probe["teacher_fg_share"]
         return metrics
+
+    def probe(self, split: str = "val") -> dict:
+        """What the figures need: attention maps and foreground shares of the distilled stage on fixed
+        images of `split`, per-layer densities and the density by epoch."""
+        x = self.data.val_x if split == "val" else self.data.test_x
+        cfg = self.cfg
+        out, self._teacher_maps = attention_probe(self.student, self.teacher, x, self.data.mean, self.data.std,
+                                                  cfg.fg_size, cfg.feature_stages[-1], self.device, self._teacher_maps)
+        out.update(epoch=self.epoch, split=split, student_arch=cfg.student,
+                   teacher_arch=cfg.teacher_arch if self.teacher is not None else "", method=cfg.method,
+                   density=float(cfg.density), prune_schedule=cfg.prune_schedule, layer_density=layer_densities(self.masks),
+                   density_history=torch.tensor(self.density_history, dtype=torch.float64).reshape(-1, 2))
+        return out
 
     # -- state --------------------------------------------------------------------------------
     def check_sparsity(self) -> float:
@@ -285,6 +308,7 @@ class DistillRun:
             "epoch": self.epoch,
             "current_density": self.current_density,
             "best": dict(self.best),
+            "density_history": list(self.density_history),
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
 
@@ -296,6 +320,7 @@ class DistillRun:
         self.epoch = int(state["epoch"])
         self.current_density = float(state["current_density"])
         self.best = dict(state["best"])
+        self.density_history = [tuple(e) for e in state.get("density_history", [])]
         self.generator.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         self.check_sparsity()

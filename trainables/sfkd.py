@@ -5,6 +5,7 @@ import ray
 import torch
 from ray import tune
 
+from trainables.probe import PROBE_FILE
 from trainables.run import DistillRun
 from trainables.sparsity import load_sparse, save_sparse
 
@@ -61,6 +62,8 @@ class SFKDTrainable(tune.Trainable):
         extra = {k: v for k, v in state.items() if k not in ("student", "masks")}
         save_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE, state["student"], state["masks"],
                     self.run.current_density, config=self.run.cfg.to_dict(), extra=extra)
+        if self.run.last_probe is not None:
+            torch.save(self.run.last_probe, Path(checkpoint_dir) / PROBE_FILE)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         student, masks, meta = load_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE)

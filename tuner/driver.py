@@ -16,6 +16,7 @@ from trainables.sparsity.checkpoint import read_header
 from trainables.teacher import read_teacher_file
 from tuner.export import write_best_config
 from tuner.progress import TrialPrinter
+from tuner.report import log_report
 from tuner.spaces import to_param_space
 from tuner.teacher import teacher_config, train_teacher
 from tuner.tracking import MLflowTrialCallback, SearchTracker, normalise_uri
@@ -187,8 +188,14 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     tracker.log_metrics(tracker.parent_id, {f"best_{metric}": best_value,
                                             "trials_finished": len(ranked), "trials_total": len(results)}, step=0)
     tracker.set_tags(tracker.parent_id, {"sfkd.best_trial": best.metrics["trial_id"]})
-    tracker.end(tracker.parent_id)
     print(f"best trial {best.metrics['trial_id']}: {metric} {best_value:.2f}; best config -> {out}", flush=True)
+    try:
+        report = log_report(tracker, run_dir / "report")
+        print(f"report: {report[-1]}", flush=True)
+    except Exception as e:  # noqa: BLE001 - the results are recorded; the report can be rebuilt later
+        print(f"warning: report not built ({type(e).__name__}: {e}); rebuild it with "
+              f"python -m tuner.report --experiment {space.name}", file=sys.stderr)
+    tracker.end(tracker.parent_id)
     report_pending(tracker, run_dir)
     return 0
 

@@ -4,13 +4,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from trainables.config import DistillConfig
+from trainables.probe import PROBE_FILE
 from trainables.run import DistillRun
 from trainables.sparsity import save_sparse
 from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.export import read_header
+from tuner.figures import log_run_figures
 from tuner.progress import epoch_bar
 from tuner.tracking import SearchTracker, normalise_uri
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
     ckpt = out / "student.sfkd"
     head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict())
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
+    torch.save(run.last_probe, out / PROBE_FILE)
+    log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")
     model_name = a.model_name or f"sfkd-{cfg.student}-{cfg.dataset}"
     registered = register(tracker, run_id, model_name, {
         "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],

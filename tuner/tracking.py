@@ -18,11 +18,15 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from trainables.probe import PROBE_FILE
+from tuner.figures import log_run_figures
+
 # MLflow sets its own loggers to INFO when imported; its table-creation chatter stays out of the terminal.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 # Fail fast on an unreachable server (the queue keeps the write) instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
 PARENT_TAG = "mlflow.parentRunId"
 PENDING_FILE = "mlflow_pending.jsonl"
@@ -250,7 +254,22 @@ class MLflowTrialCallback(Callback):
         else:
             status = "completed"
         self.tracker.set_tags(run_id, {"sfkd.status": status, "sfkd.epochs_run": last.get("epoch", 0)})
+        if status != "diverged":
+            self._log_figures(trial, run_id)
         self.tracker.end(run_id, "FAILED" if status == "diverged" else "FINISHED")
+
+    def _log_figures(self, trial, run_id: str) -> None:
+        """Heatmaps and density pictures of the trial's latest checkpoint. A figure that cannot be
+        drawn is reported on the run and never stops the search."""
+        try:
+            ckpt = trial.checkpoint
+            probe = Path(ckpt.path) / PROBE_FILE if ckpt is not None else None
+            if probe is None or not probe.exists():
+                return
+            out = (self.tracker.run_dir or Path(trial.local_path)) / "figures" / trial.trial_id
+            log_run_figures(self.tracker, run_id, probe, out)
+        except Exception as e:  # noqa: BLE001 - pictures are a convenience; the results matter
+            self.tracker.set_tags(run_id, {"sfkd.figures_error": f"{type(e).__name__}: {e}"[:500]})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run(trial)

@@ -1,0 +1,78 @@
+"""Where a network looks: attention maps of the distilled stage and their share inside the foreground.
+
+The attention map of a stage is mean_c(F^2) (Zagoruyko & Komodakis). The foreground share is the
+fraction of that mass inside the central fg_size x fg_size square; SF-KD's claim is that sparse
+students drift towards the background and that decoupled distillation pulls them back.
+"""
+import torch
+import torch.nn as nn
+
+from trainables.data.augment import normalize
+from trainables.losses.sfkd import foreground_mask
+
+DRAWN_IMAGES = 8  # shown in the heatmap grid
+SHARE_IMAGES = 256  # averaged into the foreground-share metrics
+PROBE_SEED = 0  # the same validation images for every run of a search, whatever its seed
+PROBE_FILE = "probe.pt"  # saved beside each checkpoint; the driver draws the figures from it
+
+
+def attention_map(feature: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W -> B x H x W, mean over channels of the squared activations."""
+    return feature.float().pow(2).mean(dim=1)
+
+
+def probe_square(fg_size: int, height: int, width: int) -> int:
+    """The square the share is measured on: the configured one, clamped to the map; for FitNet
+    (fg_size 0) half the map side, so runs without decoupling are still measured."""
+    side = min(height, width)
+    return min(fg_size, side) if fg_size > 0 else max(1, side // 2)
+
+
+def foreground_share(att: torch.Tensor, fg_size: int) -> torch.Tensor:
+    """Per image, the fraction of attention mass inside the central square (B x H x W -> B)."""
+    mask = foreground_mask(att.shape[1], att.shape[2], fg_size, device=att.device)
+    total = att.sum(dim=(1, 2)).clamp_min(1e-12)
+    return (att * mask).sum(dim=(1, 2)) / total
+
+
+@torch.inference_mode()
+def stage_attention(model: nn.Module, x: torch.Tensor, stage: int, batch: int = 128) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    maps = [attention_map(model(x[i:i + batch], return_features=True)[1][stage]) for i in range(0, len(x), batch)]
+    model.train(was_training)
+    return torch.cat(maps).cpu()
+
+
+def probe_images(val_x: torch.Tensor, count: int = SHARE_IMAGES) -> torch.Tensor:
+    """Indices of a fixed, seeded set of validation images."""
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randperm(len(val_x), generator=g)[:count]
+
+
+def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.Tensor, mean, std, fg_size: int,
+                    stage: int, device: torch.device, teacher_maps: torch.Tensor | None = None):
+    """Attention maps of the drawn images and foreground shares over SHARE_IMAGES validation images.
+
+    Returns (probe, teacher maps); pass the maps back in next time, since a frozen teacher's never change.
+    Everything returned is a tensor, number or string, so it saves and loads with weights_only=True.
+    """
+    idx = probe_images(val_x)
+    x = normalize(val_x[idx].to(device), torch.tensor(mean), torch.tensor(std))
+    s_att = stage_attention(student, x, stage)
+    if teacher_maps is None and teacher is not None:
+        teacher_maps = stage_attention(teacher, x, stage)
+    square = probe_square(fg_size, s_att.shape[1], s_att.shape[2])
+    out = {"images": val_x[idx[:DRAWN_IMAGES]].cpu(), "student": s_att[:DRAWN_IMAGES], "fg_size": square,
+           "student_fg_share": foreground_share(s_att, square).mean().item(),
+           "area_share": square * square / float(s_att.shape[1] * s_att.shape[2]), "stage": stage}
+    if teacher_maps is not None:
+        t_square = probe_square(fg_size, teacher_maps.shape[1], teacher_maps.shape[2])
+        out.update(teacher=teacher_maps[:DRAWN_IMAGES], teacher_fg_size=t_square,
+                   teacher_fg_share=foreground_share(teacher_maps, t_square).mean().item())
+    return out, teacher_maps
+
+
+def layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Kept fraction of each masked layer, in model order."""
+    return {name: m.float().mean().item() for name, m in masks.items()}

@@ -1,0 +1,270 @@
+"""python -m tuner.report --experiment NAME: the pictures of a whole search, rebuilt from MLflow alone.
+
+Learning curves with ASHA's stops, the metric against each searched hyperparameter, Optuna's
+parameter importances and the top configs, as PNGs and one self-contained HTML page. The driver
+builds it at the end of every search and logs it to the parent run under `report/`.
+"""
+import base64
+import html
+import math
+import sys
+import time
+from pathlib import Path
+
+from matplotlib.ticker import MaxNLocator
+from mlflow.tracking import MlflowClient
+
+from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.export import latest_search_run
+from tuner.figures import plt, save_figure
+from tuner.tracking import PARENT_TAG, normalise_uri
+
+REPORT_DIR = "report"
+CURVES_FILE = "learning_curves.png"
+PARAMS_FILE = "metric_vs_params.png"
+IMPORTANCE_FILE = "param_importances.png"
+HTML_FILE = "report.html"
+MIN_TRIALS_FOR_IMPORTANCE = 4
+# Keys that differ between trials without being searched.
+NOT_SEARCHED = {"teacher", "data_dir", "seed"}
+
+
+def load_trials(client: MlflowClient, parent) -> list[dict]:
+    """Each child run of a search: trial id, status, params, best val_acc and the val_acc curve."""
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                                  max_results=5000)
+    trials = []
+    for run in children:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        trials.append({"trial_id": run.data.tags.get("sfkd.trial_id", run.info.run_id[:8]),
+                       "status": run.data.tags.get("sfkd.status", run.info.status.lower()),
+                       "params": dict(run.data.params), "curve": history,
+                       "best": run.data.metrics.get("best_val_acc"), "run_id": run.info.run_id})
+    return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def _number(text: str):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def searched_keys(trials: list[dict]) -> list[str]:
+    """Config keys whose value differs between trials."""
+    keys = set().union(*(t["params"] for t in trials)) if trials else set()
+    return sorted(k for k in keys - NOT_SEARCHED if len({t["params"].get(k) for t in trials}) > 1)
+
+
+def finished(trials: list[dict]) -> list[dict]:
+    return [t for t in trials if t["best"] is not None and t["status"] not in ("diverged", "error")]
+
+
+def curves_figure(trials: list[dict], path: Path, max_t: int | None) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    done = finished(trials)
+    best = max(done, key=lambda t: t["best"]) if done else None
+    styles = {"completed": ("tab:blue", "o", "ran the full budget"), "stopped_early": ("tab:gray", "x", "stopped by ASHA")}
+    seen = set()
+    for t in trials:
+        if not t["curve"]:
+            continue
+        color, marker, label = styles.get(t["status"], ("tab:orange", "s", t["status"]))
+        epochs, values = zip(*t["curve"])
+        ax.plot(epochs, values, color=color, alpha=0.7, linewidth=1.2)
+        ax.plot(epochs[-1], values[-1], marker=marker, color=color, markersize=8, linestyle="none",
+                label=label if label not in seen else None)
+        seen.add(label)
+    if best is not None and best["curve"]:
+        epochs, values = zip(*best["curve"])
+        ax.plot(epochs, values, color="tab:red", linewidth=2.4, label=f"best trial {best['trial_id']}")
+    if max_t:
+        ax.axvline(max_t, color="black", linestyle=":", linewidth=1, label=f"max_t = {max_t}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Learning curves of {len(trials)} trials; markers show where each trial ended", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def params_figure(trials: list[dict], keys: list[str], path: Path) -> Path | None:
+    done = finished(trials)
+    if not keys or not done:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        raw = [t["params"].get(key) for t in done]
+        nums = [_number(v) for v in raw]
+        if all(n is not None for n in nums):
+            xs = nums
+            if min(nums) > 0 and max(nums) / min(nums) > 20:
+                ax.set_xscale("log")
+        else:  # categorical: one position per value
+            cats = sorted(set(map(str, raw)))
+            xs = [cats.index(str(v)) for v in raw]
+            ax.set_xticks(range(len(cats)), cats, rotation=20, fontsize=8)
+        colors = ["tab:gray" if t["status"] == "stopped_early" else "tab:blue" for t in done]
+        ax.scatter(xs, [t["best"] for t in done], c=colors, s=30, edgecolors="black", linewidths=0.4)
+        ax.set_xlabel(key)
+        ax.set_ylabel("best val_acc (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle("Best validation accuracy of each trial against each searched hyperparameter "
+                 "(blue: full budget, gray: stopped by ASHA)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def importances(trials: list[dict], keys: list[str]) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the searched keys for best val_acc, or None when too few trials."""
+    done = finished(trials)
+    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not keys:
+        return None
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists, values = {}, {}
+    for key in keys:
+        raw = [t["params"].get(key) for t in done]
+        nums = [_number(v) for v in raw]
+        if all(n is not None for n in nums):
+            lo, hi = min(nums), max(nums)
+            if lo == hi:
+                continue
+            dists[key], values[key] = FloatDistribution(lo, hi), nums
+        else:
+            cats = tuple(sorted(set(map(str, raw))))
+            if len(cats) < 2:
+                continue
+            dists[key], values[key] = CategoricalDistribution(cats), list(map(str, raw))
+    if not dists:
+        return None
+    study = optuna.create_study(direction="maximize")
+    for i, t in enumerate(done):
+        study.add_trial(optuna.trial.create_trial(params={k: values[k][i] for k in dists}, distributions=dists,
+                                                  value=t["best"]))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def importance_figure(imp: dict[str, float], n_trials: int, path: Path) -> Path:
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.6))
+    ax.barh(names, [imp[k] for k in names], color="tab:green")
+    for y, k in enumerate(names):
+        ax.text(imp[k], y, f" {imp[k]:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("importance for best val_acc (fANOVA, sums to 1)")
+    ax.set_title(f"Optuna parameter importances over {n_trials} finished trials", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def top_configs(trials: list[dict], keys: list[str], n: int = 5) -> list[dict]:
+    ranked = sorted(finished(trials), key=lambda t: (-t["best"], t["trial_id"]))[:n]
+    return [{"trial": t["trial_id"], "status": t["status"], "epochs": len(t["curve"]), "best val_acc": f"{t['best']:.2f}",
+             **{k: t["params"].get(k, "") for k in keys}} for t in ranked]
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None:
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def html_page(title: str, summary: dict, figures: list[tuple[Path | None, str]], table: list[dict], note: str) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (table[0] if table else {}))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in table)
+    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
+img{{max-width:100%}}figure{{margin:1em 0}}</style></head>
+<body><h1>{html.escape(title)}</h1><ul>{facts}</ul>
+<h2>Top {len(table)} configs</h2><table><tr>{head}</tr>{body}</table>
+{''.join(_img(p, alt) for p, alt in figures)}
+<p>{html.escape(note)}</p></body></html>
+"""
+
+
+def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
+    """Every report file of one search run into out_dir. Returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = load_trials(client, parent)
+    if not trials:
+        raise UsageError(f"search run {parent.info.run_id} has no trials to report")
+    params = parent.data.params
+    max_t = int(_number(params.get("scheduler.max_t")) or 0) or None
+    keys = searched_keys(trials)
+    files = [curves_figure(trials, out_dir / CURVES_FILE, max_t)]
+    pfig = params_figure(trials, keys, out_dir / PARAMS_FILE)
+    files += [pfig] if pfig else []
+    imp = importances(trials, keys) if params.get("search.searcher", "optuna") == "optuna" else None
+    ifig = importance_figure(imp, len(finished(trials)), out_dir / IMPORTANCE_FILE) if imp else None
+    files += [ifig] if ifig else []
+    note = ("Importances need Optuna as the searcher and at least "
+            f"{MIN_TRIALS_FOR_IMPORTANCE} finished trials." if imp is None else
+            "Importances: Optuna's fANOVA on each trial's best val_acc (a trial stopped early counts with "
+            "the best it reached).")
+    counts = {s: sum(t["status"] == s for t in trials) for s in sorted({t["status"] for t in trials})}
+    summary = {"search run": parent.info.run_id, "space": params.get("space", parent.data.tags.get("sfkd.space", "")),
+               "trials": len(trials), "by status": ", ".join(f"{k} {v}" for k, v in counts.items()),
+               "searched": ", ".join(keys) or "(none)", "searcher": params.get("search.searcher", ""),
+               "scheduler": f"{params.get('scheduler.type', '')}, max_t {max_t}",
+               "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    page = html_page(f"Search report: {parent.info.run_name}", summary,
+                     [(files[0], "learning curves"), (pfig, "val_acc against searched hyperparameters"),
+                      (ifig, "parameter importances")], top_configs(trials, keys), note)
+    (out_dir / HTML_FILE).write_text(page)
+    return files + [out_dir / HTML_FILE]
+
+
+def log_report(tracker, out_dir: Path) -> list[Path]:
+    """Build the report of the tracker's search and log it to the parent run (driver side)."""
+    tracker.flush()
+    files = build_report(tracker.client, tracker.client.get_run(tracker.parent_id), out_dir)
+    for f in files:
+        tracker.log_artifact(tracker.parent_id, str(f), REPORT_DIR)
+    return files
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog="python -m tuner.report", description=(
+        "Rebuild the report of a past search (learning curves with ASHA stops, val_acc against each searched "
+        "hyperparameter, Optuna importances, top-5 configs, one HTML page) and log it to its parent run."))
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (the space name)")
+    p.add_argument("--run", help="search (parent) run id (default: the latest search in the experiment)")
+    p.add_argument("--out", help="output folder (default sfkd_runs/report-<experiment>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--no-log", action="store_true", help="write the files only; do not log them to MLflow")
+    a = p.parse_args(argv)
+    client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
+    if a.run:
+        try:
+            parent = client.get_run(a.run)
+        except Exception:  # noqa: BLE001 - MLflow raises its own for an unknown id
+            raise UsageError(f"--run {a.run}: no such run at this tracking URI") from None
+    else:
+        parent = latest_search_run(client, a.experiment)
+    out = Path(a.out or f"sfkd_runs/report-{a.experiment}").resolve()
+    files = build_report(client, parent, out)
+    if not a.no_log:
+        for f in files:
+            client.log_artifact(parent.info.run_id, str(f), REPORT_DIR)
+    print(f"report of search run {parent.info.run_id}: {out / HTML_FILE} ({len(files) - 1} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
