@@ -50,3 +50,18 @@ def ray_session():
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_search(ray_session, tmp_path_factory):
+    """One real `smoke` search (real Ray, sqlite MLflow, synthetic data), shared by the tests that
+    read what a search records: the end-to-end test and the browser test."""
+    from types import SimpleNamespace
+
+    from tuner import search
+
+    root = tmp_path_factory.mktemp("smoke_search")
+    uri = f"sqlite:///{root}/mlflow.db"
+    rc = search.main(["--space", "smoke", "--storage-path", str(root / "runs"), "--tracking-uri", uri,
+                      "--name", "e2e", "--quiet"])
+    return SimpleNamespace(rc=rc, root=root, uri=uri, run_dir=root / "runs" / "e2e")

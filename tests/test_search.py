@@ -6,7 +6,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from trainables.sparsity import load_sparse
-from tuner import checkpoint, export, final, search
+from tuner import checkpoint, export, final, heatmaps, search
+from tuner import report as report_cli
 from tuner.tracking import PARENT_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,11 +22,9 @@ def _runs(uri, experiment):
 
 
 @pytest.mark.slow
-def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnable_best_config(ray_session, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    rc = search.main(["--space", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
-                      "--name", "e2e", "--quiet"])
-    assert rc == 0
+def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnable_best_config(smoke_search, tmp_path):
+    uri = smoke_search.uri
+    assert smoke_search.rc == 0
     client, parents, runs = _runs(uri, "smoke")
     assert len(parents) == 1
     parent = parents[0]
@@ -47,7 +46,7 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     assert meta["measured_density"] == pytest.approx(0.5, abs=1e-3)
     assert best.data.tags["sfkd.checkpoint.density"].startswith("0.5")
 
-    best_yaml = tmp_path / "runs" / "e2e" / "best_config.yaml"
+    best_yaml = smoke_search.run_dir / "best_config.yaml"
     cfg = yaml.safe_load(best_yaml.read_text())
     assert cfg["student"] == "resnet8" and Path(cfg["teacher"]).is_file() and cfg["epochs"] == 3
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best.data.metrics["best_val_acc"])
@@ -68,6 +67,54 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     assert finals[0].data.tags["sfkd.search_run_id"] == parent.info.run_id
     versions = client.search_model_versions("name = 'sfkd-resnet8-synthetic'")
     assert versions and versions[0].tags["density"].startswith("0.5")
+    final_art = {f.path for f in client.list_artifacts(finals[0].info.run_id, "figures")}
+    assert {"figures/attention_heatmaps.png", "figures/layer_density.png"} <= final_art
+    assert_png(client.download_artifacts(finals[0].info.run_id, "figures/attention_heatmaps.png", str(tmp_path)))
+
+
+def assert_png(path) -> None:
+    """A real, non-empty PNG that an image library can decode."""
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    with Image.open(path) as img:
+        img.load()
+        assert min(img.size) > 200
+
+
+@pytest.mark.slow
+def test_every_trial_logs_heatmaps_and_density_figures_and_the_search_logs_its_report(smoke_search, tmp_path):
+    client, parents, runs = _runs(smoke_search.uri, "smoke")
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    for child in children:
+        names = {f.path for f in client.list_artifacts(child.info.run_id, "figures")}
+        assert {"figures/attention_heatmaps.png", "figures/layer_density.png", "figures/probe.pt"} <= names
+        assert 0.0 < child.data.metrics["student_fg_share"] <= 1.0
+        assert 0.0 < child.data.metrics["teacher_fg_share"] <= 1.0
+    some = children[0].info.run_id
+    for name in ("attention_heatmaps.png", "layer_density.png"):
+        assert_png(client.download_artifacts(some, f"figures/{name}", str(tmp_path / "child")))
+
+    report = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/learning_curves.png", "report/metric_vs_params.png",
+            "report/param_importances.png"} <= report  # 8 Optuna trials: enough for importances
+    for name in ("learning_curves.png", "metric_vs_params.png", "param_importances.png"):
+        assert_png(client.download_artifacts(parent.info.run_id, f"report/{name}", str(tmp_path / "parent")))
+    page = Path(client.download_artifacts(parent.info.run_id, "report/report.html", str(tmp_path))).read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 3
+    assert "Top 5 configs" in page and parent.data.tags["sfkd.best_trial"] in page
+
+    # Both CLIs rebuild their pictures from MLflow alone.
+    out = tmp_path / "side_by_side.png"
+    ids = [c.info.run_id for c in children[:3]]
+    assert heatmaps.main(["--runs", *ids, "--tracking-uri", smoke_search.uri, "--out", str(out)]) == 0
+    assert_png(out)
+    assert report_cli.main(["--experiment", "smoke", "--tracking-uri", smoke_search.uri, "--no-log",
+                            "--out", str(tmp_path / "rebuilt")]) == 0
+    assert_png(tmp_path / "rebuilt" / "learning_curves.png")
+    assert (tmp_path / "rebuilt" / "report.html").stat().st_size > 10_000
 
 
 @pytest.mark.slow

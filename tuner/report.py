@@ -171,7 +171,13 @@ def importance_figure(imp: dict[str, float], n_trials: int, path: Path) -> Path:
 def top_configs(trials: list[dict], keys: list[str], n: int = 5) -> list[dict]:
     ranked = sorted(finished(trials), key=lambda t: (-t["best"], t["trial_id"]))[:n]
     return [{"trial": t["trial_id"], "status": t["status"], "epochs": len(t["curve"]), "best val_acc": f"{t['best']:.2f}",
-             **{k: t["params"].get(k, "") for k in keys}} for t in ranked]
+             **{k: _shown(t["params"].get(k, "")) for k in keys}} for t in ranked]
+
+
+def _shown(text: str) -> str:
+    """A param as a person reads it: 0.7000000000000001 -> 0.7, 0.18483120598659894 -> 0.1848."""
+    value = _number(text)
+    return text if value is None or text.lower() in ("true", "false") else f"{value:.4g}"
 
 
 def _img(path: Path | None, alt: str) -> str:

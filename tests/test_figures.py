@@ -1,0 +1,81 @@
+"""Attention probe and figures: hand-computed shares, a real teacher's foreground bias, valid PNGs."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables.probe import attention_map, attention_probe, foreground_share, probe_square
+from trainables.run import DistillRun
+from tuner.figures import DENSITY_CURVE_FILE, HEATMAP_FILE, LAYER_DENSITY_FILE, draw_run_figures, load_probe
+from tuner.report import importances, searched_keys
+from tuner.teacher import teacher_config, train_teacher
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory) -> Path:
+    """resnet8 trained for 3 epochs on the synthetic data (about 80% test top-1)."""
+    path = tmp_path_factory.mktemp("teacher") / "resnet8-synthetic.pt"
+    train_teacher(teacher_config("resnet8", "synthetic", 3, synthetic_size=1200), path, progress=False)
+    return path
+
+
+def test_attention_map_is_the_channel_mean_of_squared_activations():
+    f = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1).expand(1, 2, 3, 3)
+    assert torch.allclose(attention_map(f), torch.full((1, 3, 3), 2.5))  # (1 + 4) / 2
+
+
+def test_foreground_share_is_the_attention_mass_inside_the_central_square():
+    flat = torch.ones(1, 4, 4)
+    assert foreground_share(flat, 2).item() == pytest.approx(4 / 16)  # area alone
+    centred = torch.zeros(1, 4, 4)
+    centred[0, 1:3, 1:3] = 5.0
+    assert foreground_share(centred, 2).item() == pytest.approx(1.0)
+    mixed = torch.ones(1, 4, 4)
+    mixed[0, 1:3, 1:3] = 3.0  # 4 * 3 = 12 inside, 12 * 1 = 12 outside
+    assert foreground_share(mixed, 2).item() == pytest.approx(0.5)
+
+
+def test_the_share_is_measured_on_the_configured_square_or_half_the_map_for_fitnet():
+    assert probe_square(4, 8, 8) == 4
+    assert probe_square(0, 8, 8) == 4
+    assert probe_square(6, 4, 4) == 4  # a teacher with a smaller map: clamped
+
+
+def test_a_teacher_of_centred_objects_puts_more_attention_in_the_foreground_than_area_alone(trained_teacher):
+    run = DistillRun({"dataset": "synthetic", "synthetic_size": 1200, "student": "resnet8", "teacher_arch": "resnet8",
+                      "teacher": str(trained_teacher), "method": "sfkd", "fg_size": 4, "epochs": 1}, device="cpu")
+    probe, _ = attention_probe(run.student, run.teacher, run.data.val_x, run.data.mean, run.data.std, 4, -1, run.device)
+    assert probe["area_share"] == pytest.approx(16 / 64)
+    # The synthetic class object fills the central half of the image (the 4x4 square of the 8x8 map).
+    assert probe["teacher_fg_share"] > probe["area_share"] + 0.15
+
+
+@pytest.mark.parametrize("schedule", ["one-shot", "iterative"])
+def test_a_run_draws_valid_heatmap_and_density_pngs_and_the_curve_only_when_pruning(trained_teacher, tmp_path, schedule):
+    cfg = {"dataset": "synthetic", "synthetic_size": 400, "student": "resnet8", "teacher_arch": "resnet8",
+           "teacher": str(trained_teacher), "method": "sfkd", "epochs": 2, "density": 0.3, "prune_schedule": schedule,
+           "prune_steps": 2, "sparse_init": "magnitude" if schedule == "iterative" else "ERK"}
+    run = DistillRun(cfg, device="cpu")
+    for _ in range(2):
+        metrics = run.step()
+    assert 0 < metrics["student_fg_share"] <= 1 and 0 < metrics["teacher_fg_share"] <= 1
+    torch.save(run.last_probe, tmp_path / "probe.pt")
+    probe = load_probe(tmp_path / "probe.pt")  # weights_only=True
+    assert probe["images"].shape == (8, 3, 32, 32) and probe["student"].shape == (8, 8, 8)
+    assert probe["density_history"][-1, 1].item() == pytest.approx(0.3, abs=1e-3)
+    files = {f.name: f for f in draw_run_figures(tmp_path / "probe.pt", tmp_path / "figs")}
+    assert (DENSITY_CURVE_FILE in files) == (schedule == "iterative")
+    for name in (HEATMAP_FILE, LAYER_DENSITY_FILE) + ((DENSITY_CURVE_FILE,) if schedule == "iterative" else ()):
+        data = files[name].read_bytes()
+        assert data[:8] == PNG and len(data) > 5000
+
+
+def test_report_searches_only_differing_keys_and_skips_importances_with_too_few_trials():
+    trials = [{"trial_id": f"t{i}", "status": "completed", "best": 50.0 + i, "curve": [(1, 50.0 + i)],
+               "params": {"gamma": str(0.1 * (i + 1)), "density": "0.5", "teacher": f"/x/{i}"}} for i in range(3)]
+    assert searched_keys(trials) == ["gamma"]
+    assert importances(trials, ["gamma"]) is None
+    trials.append({**trials[0], "trial_id": "t3", "best": 40.0, "params": {**trials[0]["params"], "gamma": "0.9"}})
+    assert set(importances(trials, ["gamma"])) == {"gamma"}
