@@ -11,6 +11,7 @@ from trainables.sparsity.schedule import SCHEDULES
 
 METHODS = ("sfkd", "kd", "ft", "fitnet", "at", "sp")
 LR_SCHEDULES = ("multistep", "cosine")
+COMPILE_BACKENDS = ("inductor", "aot_eager")
 NEEDS_TEACHER = ("sfkd", "kd", "fitnet", "at", "sp")
 
 
@@ -66,6 +67,9 @@ class DistillConfig:
     lr_decay: float = 0.1
     seed: int = 0
     device: str = "auto"
+    # Speed levers that must not change the numbers (tests compare them with the plain path)
+    compile: bool = False  # torch.compile the training forward of student and teacher
+    compile_backend: str = "inductor"
 
     def __post_init__(self):
         self.validate()
@@ -113,6 +117,7 @@ class DistillConfig:
         _one_of("sparse_init", self.sparse_init, INIT_METHODS)
         _one_of("prune_schedule", self.prune_schedule, SCHEDULES)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("compile_backend", self.compile_backend, COMPILE_BACKENDS)
         for k in ("alpha", "beta", "gamma", "at_weight", "sp_weight", "weight_decay", "momentum"):
             _in_range(k, getattr(self, k), 0.0, float("inf"))
         _in_range("bg_weight", self.bg_weight, 0.0, 1.0)

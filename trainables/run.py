@@ -44,7 +44,10 @@ def pick_device(name: str) -> torch.device:
 @functools.lru_cache(maxsize=64)
 def stage_shapes(arch: str, num_classes: int, image_size: int) -> list[tuple[int, int, int]]:
     """C x H x W of every stage map of `arch` for square inputs of `image_size`."""
-    model = create_model(arch, num_classes).eval()
+    # Building a model draws its initial weights; the global RNG must not notice (a run's seed would
+    # otherwise give a different student depending on whether this cache was warm).
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(arch, num_classes).eval()
     with torch.no_grad():
         _, feats = model(torch.zeros(1, 3, image_size, image_size), return_features=True)
     return [tuple(f.shape[1:]) for f in feats]
@@ -104,6 +107,12 @@ class DistillRun:
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         apply_masks(self.student, self._initial_masks(), self.optimizer)
+        # Compiled callables share the modules' parameters; state, masks and evaluation use the modules.
+        self.student_forward, self.teacher_forward = self.student, self.teacher
+        if cfg.compile:
+            self.student_forward = torch.compile(self.student, backend=cfg.compile_backend)
+            if self.teacher is not None:
+                self.teacher_forward = torch.compile(self.teacher, backend=cfg.compile_backend)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
                                          self.data.std, self.device, train=True, generator=self.generator,
@@ -177,11 +186,11 @@ class DistillRun:
         t_logits = t_feats = None
         if self.teacher is not None and cfg.method != "ft":
             with torch.inference_mode():
-                t_logits, t_feats = self.teacher(x, return_features=True)
+                t_logits, t_feats = self.teacher_forward(x, return_features=True)
             # Inference tensors cannot be saved for backward; a clone is an ordinary constant.
             t_logits = t_logits.clone()
             t_feats = [t_feats[i].clone() for i in cfg.feature_stages]
-        logits, feats = self.student(x, return_features=True)
+        logits, feats = self.student_forward(x, return_features=True)
         parts = {"ce": F.cross_entropy(logits.float(), y)}
         total = cfg.alpha * parts["ce"]
         if t_logits is not None and cfg.beta > 0:
