@@ -70,6 +70,10 @@ class DistillConfig:
     # Speed levers that must not change the numbers (tests compare them with the plain path)
     compile: bool = False  # torch.compile the training forward of student and teacher
     compile_backend: str = "inductor"
+    teacher_cache: bool = False  # teacher outputs of fixed augmentation views, shared by all trials
+    cache_views: int = 8
+    cache_max_gb: float = 4.0
+    cache_dir: str | None = None  # default: teacher_cache/ beside the teacher file
 
     def __post_init__(self):
         self.validate()
@@ -126,10 +130,11 @@ class DistillConfig:
         _in_range("lr", self.lr, 0.0, float("inf"), lo_open=True)
         _in_range("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
         for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_batches",
-                  "synthetic_size", "image_size"):
+                  "synthetic_size", "image_size", "cache_views"):
             _in_range(k, getattr(self, k), 1, float("inf"))
         _in_range("synthetic_classes", self.synthetic_classes, 2, float("inf"))
         _in_range("fg_size", self.fg_size, 0, float("inf"))
+        _in_range("cache_max_gb", self.cache_max_gb, 0.0, float("inf"))
         for k in ("train_subset", "val_subset"):
             if getattr(self, k) is not None:
                 _in_range(k, getattr(self, k), 1, float("inf"))

@@ -113,6 +113,7 @@ class DistillRun:
             self.student_forward = torch.compile(self.student, backend=cfg.compile_backend)
             if self.teacher is not None:
                 self.teacher_forward = torch.compile(self.teacher, backend=cfg.compile_backend)
+        self.cache = self._open_cache(nc)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
                                          self.data.std, self.device, train=True, generator=self.generator,
@@ -134,6 +135,28 @@ class DistillRun:
             c_s, c_t = s_shapes[idx][0], t_shapes[idx][0]
             connectors.append(Connector(c_s, c_t) if c_s != c_t else nn.Identity())
         return connectors.to(self.device)
+
+    def _distilled_stages(self) -> list[int]:
+        return list(self.cfg.feature_stages) if self.cfg.method in ("sfkd", "fitnet", "at", "sp") else []
+
+    def _open_cache(self, num_classes: int):
+        cfg = self.cfg
+        if not cfg.teacher_cache or self.teacher is None or cfg.method == "ft":
+            return None
+        if cfg.teacher in ("auto", "none"):
+            raise ConfigError("teacher_cache needs a teacher file to key the cache by")
+        from trainables.teacher_cache import open_teacher_cache
+
+        shapes = stage_shapes(cfg.teacher_arch, num_classes, self.data.image_size)
+        return open_teacher_cache(cfg, cfg.teacher, self.data, [shapes[s] for s in self._distilled_stages()], num_classes)
+
+    def _cached_teacher_view(self, view: int | None):
+        """This epoch's shared teacher outputs, filling them if this trial is the first to need them."""
+        if self.cache is None or view is None:
+            return None
+        return self.cache.load(view) or self.cache.fill(
+            view, self.teacher, self.train_loader.images, self.data.mean, self.data.std, self._distilled_stages(),
+            autocast_cuda=self.cuda)
 
     def learning_rate(self, epoch: int) -> float:
         """The lr of a 0-based epoch: multistep with milestones scaled to the budget, or cosine.
@@ -181,10 +204,14 @@ class DistillRun:
                 buf.mul_(masks[name].to(buf.dtype))
         self.current_density = density
 
-    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def _losses(self, x: torch.Tensor, y: torch.Tensor, teacher_out=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """The weighted total, its named parts and the student logits. `teacher_out` = (logits, distilled
+        maps) from the shared cache replaces the teacher forward."""
         cfg = self.cfg
         t_logits = t_feats = None
-        if self.teacher is not None and cfg.method != "ft":
+        if teacher_out is not None:
+            t_logits, t_feats = teacher_out
+        elif self.teacher is not None and cfg.method != "ft":
             with torch.inference_mode():
                 t_logits, t_feats = self.teacher_forward(x, return_features=True)
             # Inference tensors cannot be saved for backward; a clone is an ordinary constant.
@@ -226,9 +253,17 @@ class DistillRun:
             group["lr"] = lr
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "correct") + LOSS_PARTS}
         seen, start = 0, time.perf_counter()
-        for x, y in self.train_loader:
+        view = self.epoch % self.cfg.cache_views if self.cfg.teacher_cache else None
+        cached = self._cached_teacher_view(view)
+        for x, y, idx in self.train_loader.batches(view, self.cfg.seed):
+            teacher_out = None
+            if cached is not None:
+                rows = idx.cpu()
+                teacher_out = (cached["logits"][rows].to(self.device, torch.float32),
+                               [cached[f"stage{i}"][rows].to(self.device, torch.float32)
+                                for i in range(len(self._distilled_stages()))])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-                loss, parts, logits = self._losses(x, y)
+                loss, parts, logits = self._losses(x, y, teacher_out)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -246,6 +281,8 @@ class DistillRun:
         metrics = {"epoch": self.epoch, "loss": values["loss"], "train_acc": 100.0 * values["correct"], "lr": lr,
                    "density": self.current_density, "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
         metrics.update({f"loss_{k}": values[k] for k in LOSS_PARTS})
+        if self.cache is not None:
+            metrics["teacher_cache_hit"] = float(cached is not None)
         metrics["diverged"] = not math.isfinite(values["loss"])
         return metrics
 

@@ -33,3 +33,19 @@ def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 def augment_batch(x_uint8: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     dy, dx, flip = random_crop_flip_params(x_uint8.shape[0], pad, generator)
     return crop_flip(x_uint8, dy, dx, flip, pad)
+
+
+VIEW_PAD = 4
+
+
+def view_params(n: int, seed: int, view: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets and flips of all n images in one view: a function of (seed, view) only."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(view))
+    return random_crop_flip_params(n, VIEW_PAD, g)
+
+
+def view_batch(images: torch.Tensor, idx: torch.Tensor, params) -> torch.Tensor:
+    """uint8 images[idx] as augmented in the view whose parameters are `params`."""
+    cpu_idx = idx.cpu()
+    dy, dx, flip = (p[cpu_idx] for p in params)
+    return crop_flip(images[idx], dy, dx, flip, VIEW_PAD)

@@ -2,7 +2,7 @@ from typing import Iterator
 
 import torch
 
-from trainables.data.augment import augment_batch, normalize
+from trainables.data.augment import augment_batch, normalize, view_batch, view_params
 
 
 class DeviceLoader:
@@ -35,17 +35,27 @@ class DeviceLoader:
         return self.images.shape[0]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, _ in self.batches():
+            yield x, y
+
+    def batches(self, view: int | None = None, view_seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(images, labels, indices into the dataset). With `view`, training crops and flips are the fixed
+        ones of that view (see trainables.teacher_cache) instead of fresh draws from the generator."""
         n = self.images.shape[0]
         if self.train:
             order = torch.randperm(n, generator=self.generator).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
+        params = view_params(n, view_seed, view) if self.train and view is not None else None
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images[idx]
-            if self.train:
-                x = augment_batch(x, self.generator)
+            if params is not None:
+                x = view_batch(self.images, idx, params)
+            elif self.train:
+                x = augment_batch(self.images[idx], self.generator)
+            else:
+                x = self.images[idx]
             x = normalize(x, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield x, self.labels[idx], idx

@@ -1,0 +1,125 @@
+"""Teacher outputs computed once and shared by every trial of a search (`teacher_cache: true`).
+
+With the cache on, augmentation is a fixed set of `cache_views` views: image i of view v is cropped
+and flipped with parameters drawn from (seed, v) alone, and epoch e trains on view e mod V. So the
+frozen teacher's logits and distilled maps for (v, i) are the same for every trial that shares the
+teacher, the data and the seed. The first trial that needs view v computes it for all images and
+publishes it with an atomic rename; every other trial memory-maps the files.
+
+Files, under `<cache_dir>/<key>/`: `view<v>.logits` (N x K) and `view<v>.stage<s>` (N x C x H x W),
+raw fp16. Size: V * N * (K + sum of C*H*W over the distilled stages) * 2 bytes; views beyond
+`cache_max_gb` are computed on the fly instead, with the same fixed views.
+"""
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from trainables.data.augment import normalize, view_batch, view_params
+
+STALE_LOCK_S = 3600  # a lock older than this belonged to a trial that died while filling
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """The fp16 teacher outputs of every view of one (teacher, training set, seed, stages)."""
+
+    def __init__(self, root: Path, identity: dict, seed: int, num_images: int, logit_dim: int,
+                 stage_shapes: list[tuple[int, int, int]], views: int, max_bytes: float):
+        self.seed = seed
+        key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.dir = Path(root) / key
+        self.n = num_images
+        self.shapes = {"logits": (logit_dim,), **{f"stage{i}": tuple(s) for i, s in enumerate(stage_shapes)}}
+        self.views = views
+        self.view_bytes = 2 * num_images * sum(torch.Size(s).numel() for s in self.shapes.values())
+        self.cached_views = min(views, int(max_bytes // max(self.view_bytes, 1)))
+        self._open: dict[int, dict[str, torch.Tensor]] = {}
+        self.filled = 0  # views this process computed (the others came from another trial)
+
+    def _file(self, view: int, part: str) -> Path:
+        return self.dir / f"view{view}.{part}"
+
+    def load(self, view: int) -> dict[str, torch.Tensor] | None:
+        """The memory-mapped outputs of a complete view, or None."""
+        if view in self._open:
+            return self._open[view]
+        if view >= self.cached_views or not all(self._file(view, p).exists() for p in self.shapes):
+            return None
+        out = {}
+        for part, shape in self.shapes.items():
+            flat = torch.from_file(str(self._file(view, part)), shared=False, size=self.n * torch.Size(shape).numel(),
+                                   dtype=torch.float16)
+            out[part] = flat.view(self.n, *shape)
+        self._open[view] = out
+        return out
+
+    def _lock(self, view: int) -> Path | None:
+        lock = self.dir / f"view{view}.lock"
+        try:
+            if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink(missing_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return None
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        return lock
+
+    @torch.inference_mode()
+    def fill(self, view: int, teacher: nn.Module, images: torch.Tensor, mean, std, stages: list[int],
+             batch: int = 500, autocast_cuda: bool = False) -> dict[str, torch.Tensor] | None:
+        """Compute and publish a view unless it exists or another trial is computing it right now
+        (then None: the caller runs the teacher on the fly for this epoch)."""
+        if view >= self.cached_views:
+            return None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = self._lock(view)
+        if lock is None:
+            return self.load(view)
+        try:
+            done = self.load(view)
+            if done is not None:
+                return done
+            params = view_params(self.n, self.seed, view)
+            parts = {p: torch.empty((self.n, *s), dtype=torch.float16) for p, s in self.shapes.items()}
+            dev = images.device
+            for start in range(0, self.n, batch):
+                idx = torch.arange(start, min(start + batch, self.n), device=dev)
+                x = normalize(view_batch(images, idx, params), torch.as_tensor(mean), torch.as_tensor(std))
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_cuda):
+                    logits, feats = teacher(x, return_features=True)
+                parts["logits"][start:start + len(idx)] = logits.float().cpu().half()
+                for i, s in enumerate(stages):
+                    parts[f"stage{i}"][start:start + len(idx)] = feats[s].float().cpu().half()
+            for part, t in parts.items():
+                tmp = self._file(view, part).with_suffix(f".{part}.tmp{os.getpid()}")
+                t.numpy().tofile(tmp)
+                os.replace(tmp, self._file(view, part))
+            self.filled += 1
+            return self.load(view)
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def open_teacher_cache(cfg, teacher_file: str, data, stage_shapes: list, logit_dim: int) -> TeacherCache:
+    """The cache of this run's teacher, training images, seed and distilled stages."""
+    identity = {"teacher": file_digest(teacher_file), "dataset": cfg.dataset, "data_dir": cfg.data_dir,
+                "seed": cfg.seed, "val_fraction": cfg.val_fraction, "train_subset": cfg.train_subset,
+                "synthetic_size": cfg.synthetic_size, "synthetic_classes": cfg.synthetic_classes,
+                "image_size": cfg.image_size, "n": len(data.train_x), "stages": list(cfg.feature_stages),
+                "views": cfg.cache_views, "format": 1}
+    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(teacher_file).resolve().parent / "teacher_cache"
+    return TeacherCache(root, identity, cfg.seed, len(data.train_x), logit_dim, stage_shapes, cfg.cache_views,
+                        cfg.cache_max_gb * 1e9)
