@@ -17,9 +17,11 @@ class TrialPrinter:
         self.best = None
         self.states: dict[str, str] = {}
 
-    def _better(self, value) -> bool:
+    def _better(self, value, trial_id: str) -> bool:
         if self.best is None:
             return True
+        if value == self.best[0]:
+            return trial_id < self.best[1]  # the tie rule of the search's final pick
         return value > self.best[0] if self.mode == "max" else value < self.best[0]
 
     def result(self, trial_id: str, r: dict) -> None:
@@ -28,7 +30,7 @@ class TrialPrinter:
         self.start = self.start or time.monotonic()
         self.states[trial_id] = "running"
         value = r.get(self.metric)
-        if value is not None and self._better(value):
+        if value is not None and self._better(value, trial_id):
             self.best = (value, trial_id)
         shown = f"{value:6.2f}" if value is not None else "   n/a"
         extra = "  DIVERGED" if r.get("status") == "diverged" else ""

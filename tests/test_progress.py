@@ -1,0 +1,25 @@
+"""What a person sees during a search: one line per trial result, a status line when a trial ends."""
+from tuner.progress import TrialPrinter
+
+
+def _result(epoch, acc):
+    return {"epoch": epoch, "val_acc": acc, "loss": 1.0, "density": 0.5, "img_per_s": 100.0}
+
+
+def test_one_line_per_result_and_a_status_line_with_counts_and_the_best_so_far(capsys):
+    p = TrialPrinter(max_t=3)
+    p.result("bbbb", _result(1, 40.0))
+    p.result("aaaa", _result(1, 55.0))
+    p.ended("bbbb", "stopped")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert "trial bbbb" in lines[0] and "epoch   1/3" in lines[0] and "val_acc  40.00" in lines[0]
+    assert lines[2] == "status: 1 running, 1 stopped early, 0 done, 0 failed; best val_acc 55.00 (trial aaaa)"
+
+
+def test_a_tie_in_the_best_value_goes_to_the_smaller_trial_id_like_the_final_pick(capsys):
+    p = TrialPrinter(max_t=3)
+    p.result("cccc", _result(3, 83.33))
+    p.result("aaaa", _result(3, 83.33))
+    p.result("bbbb", _result(3, 83.33))
+    assert p.best == (83.33, "aaaa")
