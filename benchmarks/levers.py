@@ -1,6 +1,6 @@
 """The two opt-in speed levers, each measured against the same run without it, side by side:
 
-    python benchmarks/levers.py [--json PATH] [--data PATH] [--skip-compile]
+    python benchmarks/levers.py [--json PATH] [--data PATH] [--parts cache,compile,accuracy]
 
 1. The shared teacher-output cache (`teacher_cache: true`): trial img/s with a warm cache vs without,
    resnet56 -> resnet20 SF-KD at ERK 0.1, batch 64 (the throughput setting of run.py), A/B pairs; and
@@ -42,7 +42,7 @@ def cache_throughput(splits, out: Path, pairs: int) -> dict:
                            splits.num_classes, 0.0)
     cfg = dict(dataset="cifar10", teacher=str(teacher), teacher_arch="resnet56", student="resnet20", method="sfkd",
                density=0.1, sparse_init="ERK", batch_size=64, epochs=50, fg_size=4, cache_dir=str(out / "cache"),
-               cache_views=1)
+               cache_views=1, teacher_cache=False)
     plain = DistillRun(cfg, data=splits)
     cached = DistillRun({**cfg, "teacher_cache": True}, data=splits)
     start = time.perf_counter()
@@ -55,17 +55,20 @@ def cache_throughput(splits, out: Path, pairs: int) -> dict:
             "cache_fill_epoch_s": fill_epoch_s, "cache_view_mb": cached.cache.view_bytes / 1e6}
 
 
-def cache_accuracy(data, out: Path, epochs: int, seeds: list[int]) -> dict:
+def cache_accuracy(data, out: Path, epochs: int, seeds: list[int], views: int) -> dict:
+    """Val accuracy at equal epochs, cache on vs off. With epochs > views each view is reused, which is
+    where fixed views could cost accuracy (with epochs <= views they are as varied as fresh draws)."""
     from tuner.teacher import teacher_config, train_teacher
 
-    common = dict(dataset="cifar10", data_dir=data, train_subset=5000, val_subset=1000)
+    common = dict(data_dir=data, train_subset=5000, val_subset=1000)
     tfile, tacc = train_teacher(teacher_config("resnet14", "cifar10", 4, **common, lr=0.05), out / "resnet14.pt",
                                 progress=False)
+    common["dataset"] = "cifar10"
     diffs, rows = [], []
     for seed in seeds:
         cfg = dict(**common, teacher=str(tfile), teacher_arch="resnet14", student="resnet8", method="sfkd",
                    density=0.2, sparse_init="ERK", epochs=epochs, lr=0.05, beta=0.5, seed=seed,
-                   cache_dir=str(out / "cache"), cache_views=8)
+                   cache_dir=str(out / "cache"), cache_views=views, teacher_cache=False)
         accs = {}
         for on in (False, True):
             run = DistillRun({**cfg, "teacher_cache": on})
@@ -74,14 +77,14 @@ def cache_accuracy(data, out: Path, epochs: int, seeds: list[int]) -> dict:
             accs[on] = m["val_acc"]
         diffs.append(accs[True] - accs[False])
         rows.append({"seed": seed, "val_acc_cache_off": accs[False], "val_acc_cache_on": accs[True]})
-    return {"cache_teacher_test_acc": tacc, "cache_acc_epochs": epochs, "cache_acc_runs": rows,
+    return {"cache_teacher_test_acc": tacc, "cache_acc_epochs": epochs, "cache_acc_views": views, "cache_acc_runs": rows,
             "cache_val_acc_diff_pp": statistics.mean(diffs)}
 
 
 def compile_rows(splits, out: Path, pairs: int) -> dict:
     teacher = out / "resnet56.pt"
     cfg = dict(dataset="cifar10", teacher=str(teacher), teacher_arch="resnet56", student="resnet20", method="sfkd",
-               density=0.1, sparse_init="ERK", batch_size=64, epochs=50, fg_size=4)
+               density=0.1, sparse_init="ERK", batch_size=64, epochs=50, fg_size=4, teacher_cache=False)
     eager = DistillRun(cfg, data=splits)
     compiled = DistillRun({**cfg, "compile": True}, data=splits)
     start = time.perf_counter()
@@ -98,8 +101,10 @@ def main():
     p = argparse.ArgumentParser(description="Teacher-output cache and torch.compile, each on vs off.")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--data", help="CIFAR-10 JPEG tree or archive (default: ../shared/data)")
-    p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--parts", default="cache,compile,accuracy",
+                   help="comma-separated subset of cache (throughput), compile, accuracy (default all)")
     p.add_argument("--acc-epochs", type=int, default=6)
+    p.add_argument("--acc-views", type=int, default=2, help="cache_views of the accuracy runs (default 2: each view 3x)")
     a = p.parse_args()
     data = find_data(a.data)
     if data is None:
@@ -108,12 +113,15 @@ def main():
     splits = load_splits("cifar10", data, train_subset=1280, val_subset=500)
     t0 = time.monotonic()
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads()}
-    res.update(cache_throughput(splits, out, pairs=3))
-    print(res, flush=True)
-    if not a.skip_compile:
+    parts = set(a.parts.split(","))
+    if parts & {"cache", "compile"}:
+        res.update(cache_throughput(splits, out, pairs=3))
+        print(res, flush=True)
+    if "compile" in parts:
         res.update(compile_rows(splits, out, pairs=3))
         print(res, flush=True)
-    res.update(cache_accuracy(data, out, a.acc_epochs, seeds=[0, 1]))
+    if "accuracy" in parts:
+        res.update(cache_accuracy(data, out, a.acc_epochs, seeds=[0, 1], views=a.acc_views))
     res["wall_s"] = time.monotonic() - t0
     for k, v in res.items():
         print(f"{k:<26} {v:.3f}" if isinstance(v, float) else f"{k:<26} {v}")

@@ -112,7 +112,8 @@ def throughput_rows(data_arg, n_images, pairs, out_dir: Path) -> dict:
     teacher = create_model("resnet56", splits.num_classes)
     teacher_file = save_teacher(out_dir / "resnet56.pt", teacher, "resnet56", "bench", splits.num_classes, 0.0)
     cfg = dict(dataset="cifar10", teacher=str(teacher_file), teacher_arch="resnet56", student="resnet20",
-               method="sfkd", density=0.1, sparse_init="ERK", batch_size=64, epochs=10, fg_size=4)
+               method="sfkd", density=0.1, sparse_init="ERK", batch_size=64, epochs=10, fg_size=4,
+               teacher_cache=False)  # one trial alone: the cache pays across trials (benchmarks/levers.py)
     run = DistillRun(cfg, data=splits)
 
     student = create_model("resnet20", splits.num_classes).to(device)

@@ -70,7 +70,7 @@ class DistillConfig:
     # Speed levers that must not change the numbers (tests compare them with the plain path)
     compile: bool = False  # torch.compile the training forward of student and teacher
     compile_backend: str = "inductor"
-    teacher_cache: bool = False  # teacher outputs of fixed augmentation views, shared by all trials
+    teacher_cache: bool = True  # teacher outputs of fixed augmentation views, shared by all trials
     cache_views: int = 8
     cache_max_gb: float = 4.0
     cache_dir: str | None = None  # default: teacher_cache/ beside the teacher file
