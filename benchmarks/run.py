@@ -207,7 +207,7 @@ def checkpoint_ratio(out_dir: Path) -> float:
     return (out_dir / "sparse.sfkd").stat().st_size / (out_dir / "dense.pt").stat().st_size
 
 
-def asha_rows(data_arg, out_dir: Path, max_t: int, n_configs: int) -> dict:
+def asha_rows(data_arg, out_dir: Path, max_t: int, n_configs: int, train_subset: int = 2000) -> dict:
     """The same seeded random configs under FIFO and under ASHA, through the real CLI."""
     from mlflow.tracking import MlflowClient
 
@@ -216,8 +216,8 @@ def asha_rows(data_arg, out_dir: Path, max_t: int, n_configs: int) -> dict:
               "--set", "teacher_arch=resnet14", "--set", "student=resnet8", "--set", "lr={loguniform: [0.003, 0.3]}",
               "--storage-path", str(out_dir / "asha")]
     if data_arg:
-        common += ["--dataset", "cifar10", "--data-dir", data_arg, "--set", "train_subset=2000",
-                   "--set", "val_subset=1000"]
+        common += ["--dataset", "cifar10", "--data-dir", data_arg, "--set", f"train_subset={train_subset}",
+                   "--set", f"val_subset={train_subset // 2}"]
     out = {}
     for sched in ("fifo", "asha"):
         uri = f"sqlite:///{out_dir}/{sched}.db"
@@ -236,7 +236,7 @@ def asha_rows(data_arg, out_dir: Path, max_t: int, n_configs: int) -> dict:
     asha_pick = max((acc for e, acc in out["asha"].values() if e == max_t), default=0.0)
     return {"asha_epoch_fraction": asha_epochs / fifo_epochs, "asha_gap_pp": fifo_best - asha_pick,
             "asha_same_configs": sorted(out["fifo"]) == sorted(out["asha"]), "asha_configs": n_configs,
-            "asha_max_t": max_t}
+            "asha_max_t": max_t, "asha_train_subset": train_subset}
 
 
 def find_data(arg) -> str | None:
@@ -266,7 +266,7 @@ def main():
     res["first_result_s"] = first_result_seconds(out_dir)
     print("first_result_s", res["first_result_s"], flush=True)
     res["ckpt_size_ratio_d0.1"] = checkpoint_ratio(out_dir)
-    res.update(asha_rows(data, out_dir, max_t=4 if a.quick else 9, n_configs=8))
+    res.update(asha_rows(data, out_dir, max_t=4 if a.quick else 9, n_configs=8, train_subset=1000 if a.quick else 2000))
     res.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
                command="python benchmarks/run.py" + (" --quick" if a.quick else ""),
