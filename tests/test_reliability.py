@@ -74,7 +74,9 @@ def test_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(ray
     done_before = []
     while time.monotonic() < deadline:
         time.sleep(1)
-        if (tmp_path / "mlflow.db").exists():
+        # search.json is written once the search has created its MLflow store; touching the sqlite file
+        # before that races MLflow's own schema migration.
+        if (tmp_path / "runs" / "killed" / "search.json").exists():
             try:
                 _, _, children = _children(uri)
             except Exception:  # noqa: BLE001 - the experiment may not exist yet

@@ -123,7 +123,8 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
 
     s, sch = space.search, space.scheduler
     printer = TrialPrinter(sch["max_t"], s["metric"], s["mode"])
-    callbacks = [MLflowTrialCallback(tracker, sch["max_t"])]
+    mlflow_callback = MLflowTrialCallback(tracker, sch["max_t"])
+    callbacks = [mlflow_callback]
     if not args.quiet:
         callbacks.append(PrintCallback(printer))
     resources = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}
@@ -148,6 +149,9 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
                 failure_config=tune.FailureConfig(max_failures=s["max_failures"])),
         )
     results = tuner.fit()
+    mlflow_callback.on_experiment_end(trials=[])  # Ray has saved its final state: record what still waits
+    if resume:
+        mlflow_callback.reconcile(results)
     return finish(space, results, tracker, run_dir)
 
 

@@ -229,6 +229,8 @@ class MLflowTrialCallback(Callback):
         self.tracker = tracker
         self.max_t = max_t
         self.last: dict[str, dict] = {}
+        self.ending: list[tuple] = []  # trials ended, waiting for Ray's state to be saved
+        self.recorded: set[str] = set()  # trials whose ending this process wrote
 
     def _run(self, trial) -> str:
         return self.tracker.child(trial.trial_id, f"trial_{trial.trial_id}", trial.config)
@@ -253,21 +255,69 @@ class MLflowTrialCallback(Callback):
             status = "stopped_early"
         else:
             status = "completed"
-        self.tracker.set_tags(run_id, {"sfkd.status": status, "sfkd.epochs_run": last.get("epoch", 0)})
-        if status != "diverged":
-            self._log_figures(trial, run_id)
-        self.tracker.end(run_id, "FAILED" if status == "diverged" else "FINISHED")
+        # Recorded as ended only once Ray's saved state says so too: a search killed in between must
+        # not resume (and re-run) a trial that MLflow already shows as finished.
+        self.ending.append((time.time(), trial, run_id, status, last.get("epoch", 0)))
+        self._record_endings()
 
-    def _log_figures(self, trial, run_id: str) -> None:
+    def on_step_end(self, iteration, trials, **info):
+        if self.ending:
+            self._record_endings()
+
+    def on_experiment_end(self, trials, **info):
+        self._record_endings(force=True)
+
+    def _state_saved_at(self) -> float:
+        """When Ray last saved the experiment state (what --resume restores from)."""
+        run_dir = self.tracker.run_dir
+        if run_dir is None:
+            return float("inf")
+        return max((f.stat().st_mtime for f in run_dir.glob("experiment_state-*.json")), default=0.0)
+
+    def _record_endings(self, force: bool = False) -> None:
+        saved = self._state_saved_at()
+        waiting = []
+        for item in self.ending:
+            ended_at, trial, run_id, status, epochs = item
+            if not force and saved <= ended_at:
+                waiting.append(item)
+                continue
+            self._record_end(trial.trial_id, run_id, status, epochs, trial.checkpoint)
+        self.ending = waiting
+
+    def _record_end(self, trial_id: str, run_id: str, status: str, epochs, checkpoint) -> None:
+        self.tracker.set_tags(run_id, {"sfkd.status": status, "sfkd.epochs_run": epochs})
+        if status != "diverged":
+            self._log_figures(trial_id, run_id, checkpoint)
+        self.tracker.end(run_id, "FAILED" if status == "diverged" else "FINISHED")
+        self.recorded.add(trial_id)
+
+    def reconcile(self, results) -> None:
+        """After a resumed search: a trial Ray had saved as finished whose ending the killed process never
+        recorded gets it now, from Ray's result."""
+        for r in results:
+            last = r.metrics or {}
+            trial_id = last.get("trial_id")
+            run_id = self.tracker.children.get(trial_id)
+            if r.error is not None or trial_id in self.recorded or run_id is None or run_id.startswith("pending-"):
+                continue
+            try:
+                if "sfkd.status" in self.tracker.client.get_run(run_id).data.tags:
+                    continue
+            except Exception:  # noqa: BLE001 - store unreachable: the queue keeps what follows
+                pass
+            status = ("diverged" if last.get("status") == "diverged"
+                      else "stopped_early" if int(last.get("epoch", 0)) < self.max_t else "completed")
+            self._record_end(trial_id, run_id, status, last.get("epoch", 0), r.checkpoint)
+
+    def _log_figures(self, trial_id: str, run_id: str, checkpoint) -> None:
         """Heatmaps and density pictures of the trial's latest checkpoint. A figure that cannot be
         drawn is reported on the run and never stops the search."""
         try:
-            ckpt = trial.checkpoint
-            probe = Path(ckpt.path) / PROBE_FILE if ckpt is not None else None
-            if probe is None or not probe.exists():
+            probe = Path(checkpoint.path) / PROBE_FILE if checkpoint is not None else None
+            if probe is None or not probe.exists() or self.tracker.run_dir is None:
                 return
-            out = (self.tracker.run_dir or Path(trial.local_path)) / "figures" / trial.trial_id
-            log_run_figures(self.tracker, run_id, probe, out)
+            log_run_figures(self.tracker, run_id, probe, self.tracker.run_dir / "figures" / trial_id)
         except Exception as e:  # noqa: BLE001 - pictures are a convenience; the results matter
             self.tracker.set_tags(run_id, {"sfkd.figures_error": f"{type(e).__name__}: {e}"[:500]})
 
