@@ -65,3 +65,14 @@ def test_the_cache_size_is_views_times_images_times_outputs_in_fp16_capped_by_co
     assert run.cache.view_bytes == per_view and run.cache.cached_views == 5
     capped = DistillRun(_cfg(tiny_teacher_file, tmp_path, cache_views=5, cache_max_gb=2.5 * per_view / 1e9), device="cpu")
     assert capped.cache.cached_views == 2
+
+
+def test_runs_without_a_teacher_file_keep_fresh_augmentation_draws(tmp_path):
+    # Teacher training (method ft, teacher none) must not be narrowed to the cache's fixed views.
+    cfg = {**BASE, "teacher": "none", "teacher_arch": "resnet8", "method": "ft", "cache_dir": str(tmp_path / "c")}
+    run = DistillRun(cfg, device="cpu")
+    assert run.cache is None
+    first = next(iter(run.train_loader.batches(None, 1)))[0]
+    views_of_epoch_0 = next(iter(DistillRun(cfg, device="cpu").train_loader.batches(0, 1)))[0]
+    assert not torch.equal(first, views_of_epoch_0)  # the generator's draws, not view 0's crops
+    assert "teacher_cache_hit" not in run.train_epoch()

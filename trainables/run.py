@@ -252,7 +252,8 @@ class DistillRun:
             group["lr"] = lr
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "correct") + LOSS_PARTS}
         seen, start = 0, time.perf_counter()
-        view = self.epoch % self.cfg.cache_views if self.cfg.teacher_cache else None
+        # Fixed views only where a cache can serve them; a run without a teacher file keeps fresh draws.
+        view = self.epoch % self.cfg.cache_views if self.cache is not None else None
         cached = self._cached_teacher_view(view)
         for x, y, idx in self.train_loader.batches(view, self.cfg.seed):
             teacher_out = None
