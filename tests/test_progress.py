@@ -23,3 +23,17 @@ def test_a_tie_in_the_best_value_goes_to_the_smaller_trial_id_like_the_final_pic
     p.result("aaaa", _result(3, 83.33))
     p.result("bbbb", _result(3, 83.33))
     assert p.best == (83.33, "aaaa")
+
+
+def test_teacher_training_bar_moves_every_batch_and_names_the_epoch(tmp_path, capsys):
+    from trainables.run import DistillRun
+    from tuner.teacher import teacher_config, train_teacher
+
+    cfg = teacher_config("resnet8", "synthetic", 2, synthetic_size=300, batch_size=32)
+    batches = len(DistillRun(cfg, full_train=True).train_loader)
+    assert batches > 2  # else "moves every batch" would not differ from "moves every epoch"
+    train_teacher(cfg, tmp_path / "t.pt")
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    ticks = {line.split("|")[-1].split()[0] for line in bar if "teacher resnet8" in line and "|" in line}
+    assert f"{2 * batches}/{2 * batches}" in ticks
+    assert any("epoch=2/2" in line for line in bar)

@@ -2,6 +2,7 @@
 import functools
 import math
 import time
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -242,8 +243,10 @@ class DistillRun:
                 total = total + cfg.sp_weight * parts["sp"]
         return total, parts, logits
 
-    def train_epoch(self) -> dict:
-        """One epoch of training. Returns the mean loss parts, train accuracy, lr, density, img/s."""
+    def train_epoch(self, on_batch: Callable[[], None] | None = None) -> dict:
+        """One epoch of training. Returns the mean loss parts, train accuracy, lr, density, img/s.
+
+        `on_batch` is called after every optimizer step (a progress bar's tick)."""
         self._prune_if_planned()
         self.student.train()
         self.connectors.train()
@@ -273,6 +276,8 @@ class DistillRun:
                 for k, v in parts.items():
                     sums[k] += v.detach() * len(y)
             seen += len(y)
+            if on_batch is not None:
+                on_batch()
         if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -310,9 +315,9 @@ class DistillRun:
         n = len(y)
         return {"acc": 100.0 * top1 / n, "acc5": 100.0 * top5 / n, "loss": loss / n}
 
-    def step(self, split: str = "val") -> dict:
+    def step(self, split: str = "val", on_batch: Callable[[], None] | None = None) -> dict:
         """train_epoch + evaluate(split), with the best epoch so far tracked."""
-        metrics = self.train_epoch()
+        metrics = self.train_epoch(on_batch)
         if not metrics["diverged"]:
             ev = self.evaluate(split)
             metrics.update({f"{split}_acc": ev["acc"], f"{split}_acc5": ev["acc5"], f"{split}_loss": ev["loss"]})

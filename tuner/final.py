@@ -14,7 +14,7 @@ from trainables.sparsity import save_sparse
 from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.export import read_header
 from tuner.figures import log_run_figures
-from tuner.progress import epoch_bar
+from tuner.progress import epoch_postfix, training_bar
 from tuner.tracking import SearchTracker, normalise_uri
 
 
@@ -63,14 +63,13 @@ def main(argv=None) -> int:
     run_id = tracker.start_parent(f"final-{cfg.student}-d{cfg.density:g}", cfg.to_dict(), tags)
     tracker.log_artifact(run_id, str(path), "config")
 
-    bar = epoch_bar(cfg.epochs, f"final {cfg.student}")
+    bar = training_bar(cfg.epochs, len(run.train_loader), f"final {cfg.student}")
     for _ in range(cfg.epochs):
-        m = run.step("test")
+        m = run.step("test", on_batch=bar.update)
         tracker.log_metrics(run_id, {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                             step=m["epoch"])
-        bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m.get('test_acc', float('nan')):.2f}",
-                        img_s=f"{m['img_per_s']:.0f}")
+        epoch_postfix(bar, m["epoch"], cfg.epochs, loss=f"{m['loss']:.3f}",
+                      acc=f"{m.get('test_acc', float('nan')):.2f}", img_s=f"{m['img_per_s']:.0f}")
         if m["diverged"]:
             bar.close()
             tracker.set_tags(run_id, {"sfkd.status": "diverged"})

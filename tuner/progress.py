@@ -3,9 +3,14 @@ import sys
 from tqdm import tqdm
 
 
-def epoch_bar(total: int, desc: str, enabled: bool = True) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, leave=True)
+def training_bar(epochs: int, batches_per_epoch: int, desc: str, enabled: bool = True) -> tqdm:
+    """A bar that moves every batch: a real-data teacher epoch on a CPU takes tens of minutes."""
+    return tqdm(total=epochs * batches_per_epoch, desc=desc, unit="batch", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def epoch_postfix(bar: tqdm, epoch: int, epochs: int, **values) -> None:
+    bar.set_postfix(epoch=f"{epoch}/{epochs}", **values, refresh=True)
 
 
 class TrialPrinter:

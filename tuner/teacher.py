@@ -6,7 +6,7 @@ from trainables.config import DistillConfig
 from trainables.run import DistillRun
 from trainables.teacher import save_teacher
 from tuner.cli import OneLineParser, parse_sets, run_cli
-from tuner.progress import epoch_bar
+from tuner.progress import epoch_postfix, training_bar
 
 
 def teacher_config(arch: str, dataset: str, epochs: int, **overrides) -> DistillConfig:
@@ -20,13 +20,13 @@ def teacher_config(arch: str, dataset: str, epochs: int, **overrides) -> Distill
 def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True) -> tuple[Path, float]:
     """Train on train+val for cfg.epochs, measure test top-1, save a teacher file; returns (path, acc)."""
     run = DistillRun(cfg, full_train=True)
-    bar = epoch_bar(cfg.epochs, f"teacher {cfg.student}", enabled=progress)
+    bar = training_bar(cfg.epochs, len(run.train_loader), f"teacher {cfg.student}", enabled=progress)
     for _ in range(cfg.epochs):
-        m = run.train_epoch()
-        bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['train_acc']:.1f}", img_s=f"{m['img_per_s']:.0f}")
+        m = run.train_epoch(on_batch=bar.update)
+        epoch_postfix(bar, m["epoch"], cfg.epochs, loss=f"{m['loss']:.3f}", acc=f"{m['train_acc']:.1f}",
+                      img_s=f"{m['img_per_s']:.0f}")
     test = run.evaluate("test")
-    bar.set_postfix(loss=f"{m['loss']:.3f}", test_acc=f"{test['acc']:.2f}")
+    epoch_postfix(bar, cfg.epochs, cfg.epochs, loss=f"{m['loss']:.3f}", test_acc=f"{test['acc']:.2f}")
     bar.close()
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
                  test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed)
