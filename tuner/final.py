@@ -64,18 +64,21 @@ def main(argv=None) -> int:
     tracker.log_artifact(run_id, str(path), "config")
 
     bar = training_bar(cfg.epochs, len(run.train_loader), f"final {cfg.student}")
-    for _ in range(cfg.epochs):
+    shown = {}  # the last finished epoch's numbers, shown while the next one runs
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_postfix(bar, epoch, cfg.epochs, **shown)
         m = run.step("test", on_batch=bar.update)
         tracker.log_metrics(run_id, {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                             step=m["epoch"])
-        epoch_postfix(bar, m["epoch"], cfg.epochs, loss=f"{m['loss']:.3f}",
-                      acc=f"{m.get('test_acc', float('nan')):.2f}", img_s=f"{m['img_per_s']:.0f}")
+        shown = dict(loss=f"{m['loss']:.3f}", test_acc=f"{m.get('test_acc', float('nan')):.2f}",
+                     img_s=f"{m['img_per_s']:.0f}")
         if m["diverged"]:
             bar.close()
             tracker.set_tags(run_id, {"sfkd.status": "diverged"})
             tracker.end(run_id, "FAILED")
             print(f"error: the loss became {m['loss']} at epoch {m['epoch']}; nothing registered", file=sys.stderr)
             return 1
+    epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown)
     bar.close()
     summary = {"test_acc_last": m["test_acc"], "test_acc5_last": m["test_acc5"],
                "test_acc_best": run.best["best_test_acc"], "test_acc5_best": run.best["best_test_acc5"],

@@ -21,12 +21,13 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True) -> tuple
     """Train on train+val for cfg.epochs, measure test top-1, save a teacher file; returns (path, acc)."""
     run = DistillRun(cfg, full_train=True)
     bar = training_bar(cfg.epochs, len(run.train_loader), f"teacher {cfg.student}", enabled=progress)
-    for _ in range(cfg.epochs):
+    shown = {}  # the last finished epoch's numbers, shown while the next one runs
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_postfix(bar, epoch, cfg.epochs, **shown)
         m = run.train_epoch(on_batch=bar.update)
-        epoch_postfix(bar, m["epoch"], cfg.epochs, loss=f"{m['loss']:.3f}", acc=f"{m['train_acc']:.1f}",
-                      img_s=f"{m['img_per_s']:.0f}")
+        shown = dict(loss=f"{m['loss']:.3f}", acc=f"{m['train_acc']:.1f}", img_s=f"{m['img_per_s']:.0f}")
     test = run.evaluate("test")
-    epoch_postfix(bar, cfg.epochs, cfg.epochs, loss=f"{m['loss']:.3f}", test_acc=f"{test['acc']:.2f}")
+    epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown, test_acc=f"{test['acc']:.2f}")
     bar.close()
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
                  test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed)
