@@ -18,3 +18,36 @@ class FlakyTrainable(SFKDTrainable):
         super().load_checkpoint(checkpoint_dir)
         with open(self.LOG, "a") as f:
             f.write(f"restored lr={self.run.cfg.lr} at epoch {self.run.epoch}\n")
+
+
+class GatedTrainable(SFKDTrainable):
+    """Lets the first OPEN trials of a search run; every later trial parks before its first epoch until the
+    process is killed. The kill test then waits on that observed state, not on a race with the search."""
+
+    GATE = "/tmp/sfkd-gate"
+    OPEN = 3
+
+    def step(self):
+        import os
+        import time
+        from pathlib import Path
+
+        if self.run.epoch == 0:
+            gate = Path(self.GATE)
+            gate.mkdir(parents=True, exist_ok=True)
+            slot = 1
+            while True:  # an exclusive create numbers the trials in the order they start
+                try:
+                    os.close(os.open(gate / f"start{slot}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    break
+                except FileExistsError:
+                    slot += 1
+            if slot > self.OPEN:
+                (gate / f"parked{slot}").write_text(str(os.getpid()))
+                while True:
+                    time.sleep(1)
+        return super().step()
+
+
+# Ray's Tuner.restore accepts only a trainable of the same name: the resumed search runs the real one.
+GatedTrainable.__name__ = GatedTrainable.__qualname__ = "SFKDTrainable"

@@ -56,11 +56,25 @@ def test_diverging_and_failing_trials_are_reported_and_the_search_goes_on(ray_se
     assert parents[0].data.tags["sfkd.best_trial"] == ok.data.tags["sfkd.trial_id"]
 
 
-def _start_search(tmp_path, uri, address, *extra):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+GATED_SEARCH = """
+import sys
+from ray import cloudpickle
+import faults
+cloudpickle.register_pickle_by_value(faults)
+faults.GatedTrainable.GATE = sys.argv[1]
+from tuner import driver, search
+from tuner.cli import run_cli
+driver.SFKDTrainable = faults.GatedTrainable
+sys.exit(run_cli(search.main, sys.argv[2:]))
+"""
+
+
+def _start_gated_search(tmp_path, uri, address, *extra):
+    """The real search command, except that trials after the third park before their first epoch."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).parent)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tuner.search", "--space", "smoke", "--storage-path", str(tmp_path / "runs"),
-         "--tracking-uri", uri, "--address", address, "--quiet", *extra],
+        [sys.executable, "-c", GATED_SEARCH, str(tmp_path / "gate"), "--space", "smoke", "--storage-path",
+         str(tmp_path / "runs"), "--tracking-uri", uri, "--address", address, "--quiet", *extra],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -68,31 +82,33 @@ def _start_search(tmp_path, uri, address, *extra):
 def test_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(ray_session, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     address = ray_session.get_runtime_context().gcs_address
-    proc = _start_search(tmp_path, uri, address, "--name", "killed", "--set", "synthetic_size=600",
-                         "--set", "search.num_samples=6")
-    deadline = time.monotonic() + 240
-    done_before = []
-    while time.monotonic() < deadline:
+    # 6 trials, 2 at a time: trials 1-3 run, and the next two park in both slots. The kill comes once
+    # that state is observed: 3 trials have ended, 2 are parked, the 6th has not started.
+    proc = _start_gated_search(tmp_path, uri, address, "--name", "killed", "--set", "synthetic_size=600",
+                               "--set", "search.num_samples=6", "--set", "search.max_concurrent=2")
+    deadline = time.monotonic() + 400
+    ended = []
+    while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(1)
-        # search.json is written once the search has created its MLflow store; touching the sqlite file
-        # before that races MLflow's own schema migration.
-        if (tmp_path / "runs" / "killed" / "search.json").exists():
-            try:
-                _, _, children = _children(uri)
-            except Exception:  # noqa: BLE001 - the experiment may not exist yet
-                continue
-            done_before = [c for c in children if c.data.tags.get("sfkd.status") in ("completed", "stopped_early")]
-            if len(done_before) >= 2:
-                break
+        parked = list((tmp_path / "gate").glob("parked*"))
+        if len(parked) < 2:
+            continue
+        try:
+            _, _, children = _children(uri)
+        except Exception:  # noqa: BLE001 - the experiment may not exist yet
+            continue
+        ended = [c for c in children if c.data.tags.get("sfkd.status") in ("completed", "stopped_early")]
+        if len(ended) == 3:  # the MLflow record of every ended trial has been written
+            break
     assert proc.poll() is None, proc.stdout.read()
-    assert len(done_before) >= 2, "no trial finished in time"
+    assert len(ended) == 3, "the search did not reach the parked state in time"
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
 
     client, _, before = _children(uri)
     history_before = {c.info.run_id: [(m.step, m.value) for m in client.get_metric_history(c.info.run_id, "val_acc")]
-                      for c in done_before}
-    assert len(before) < 6
+                      for c in ended}
+    assert len(before) <= 5 and not (tmp_path / "gate" / "start6").exists()
 
     r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--storage-path",
                         str(tmp_path / "runs"), "--address", address, "--resume", "--quiet"],
