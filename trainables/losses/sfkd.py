@@ -23,13 +23,18 @@ def foreground_mask(height: int, width: int, fg_size: int, device=None) -> torch
     return mask
 
 
-def sfkd_parts(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_fg, L_bg): squared error averaged over each region's own positions (B * C * area).
+def sfkd_parts(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int, norm: str = "map") -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_fg, L_bg) of METHOD.md.
 
-    fg_size 0 is FitNet: the whole map is returned as L_fg and L_bg is 0.
+    norm="map" (the default, paper Eqs. 5-6 read literally): each part is the MSE of the full-size masked
+    maps, a mean over all B * C * H * W elements, so L_fg + L_bg is the plain feature MSE (FitNet).
+    norm="region": each part is averaged over its own region only (B * C * area).
+    fg_size 0 is FitNet: the whole map is L_fg and L_bg is 0.
     """
     if f_s.shape != f_t.shape:
         raise ValueError(f"student map {tuple(f_s.shape)} and teacher map {tuple(f_t.shape)} differ")
+    if norm not in ("map", "region"):
+        raise ValueError(f"sfkd norm {norm!r}; expected map or region")
     b, c, h, w = f_s.shape
     sq = (f_s.float() - f_t.float()).pow(2)
     zero = sq.new_zeros(())
@@ -39,12 +44,13 @@ def sfkd_parts(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int) -> tuple[torc
     fg_area = float(fg_size * fg_size)
     bg_area = float(h * w) - fg_area
     per_pos = sq.sum(dim=(0, 1))  # H x W, summed over batch and channels
-    l_fg = (per_pos * mask).sum() / (b * c * fg_area)
-    l_bg = (per_pos * (1 - mask)).sum() / (b * c * bg_area) if bg_area > 0 else zero
-    return l_fg, l_bg
+    fg_sum, bg_sum = (per_pos * mask).sum(), (per_pos * (1 - mask)).sum()
+    if norm == "map":
+        return fg_sum / (b * c * h * w), bg_sum / (b * c * h * w)
+    return fg_sum / (b * c * fg_area), (bg_sum / (b * c * bg_area) if bg_area > 0 else zero)
 
 
-def sfkd_loss(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int, bg_weight: float) -> torch.Tensor:
+def sfkd_loss(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int, bg_weight: float, norm: str = "map") -> torch.Tensor:
     """L_sf = L_fg + bg_weight * L_bg (METHOD.md)."""
-    l_fg, l_bg = sfkd_parts(f_s, f_t, fg_size)
+    l_fg, l_bg = sfkd_parts(f_s, f_t, fg_size, norm)
     return l_fg + bg_weight * l_bg
