@@ -17,7 +17,8 @@ def test_unknown_config_key_is_an_error():
 @pytest.mark.parametrize("bad,match", [
     ({"density": 0.0}, "density"), ({"density": 1.5}, "density"), ({"density": 0.5, "sparsity": 0.5}, "either"),
     ({"epochs": 0}, "epochs"), ({"alpha": "high"}, "wrong type"), ({"sparse_init": "random"}, "sparse_init"),
-    ({"student": "resnet21"}, "student"), ({"bg_weight": 1.5}, "bg_weight"),
+    ({"student": "resnet21"}, "student"), ({"bg_weight": -0.1}, "bg_weight"),
+    ({"sfkd_norm": "area"}, "sfkd_norm"), ({"cache_views": 0}, "cache_views"),
 ])
 def test_bad_values_are_config_errors(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -44,7 +45,7 @@ def test_dense_student_trains_and_reports_loss_parts(tiny_teacher_file):
 
 def test_run_restored_after_epoch_one_gives_the_same_epoch_two_metrics(tiny_teacher_file):
     cfg = {**TINY, "teacher": str(tiny_teacher_file)}
-    data = load_splits("synthetic", synthetic_size=400, seed=1)
+    data = load_splits("synthetic", synthetic_size=400, split_seed=1)
     straight = DistillRun(cfg, data=data)
     straight.step()
     expected = straight.step()
@@ -65,7 +66,8 @@ def test_every_distillation_method_trains_an_epoch(tiny_teacher_file, method):
     run = DistillRun({**TINY, "teacher": str(tiny_teacher_file), "method": method, "epochs": 1, "synthetic_size": 200})
     m = run.step()
     assert m["loss"] > 0 and not m["diverged"]
-    active = {"ft": [], "kd": ["kd"], "fitnet": ["kd", "fg"], "at": ["kd", "at"], "sp": ["kd", "sp"],
+    # METHOD.md, Baselines: AT and SP are CE plus their own term, with no KD unless an arm sets beta.
+    active = {"ft": [], "kd": ["kd"], "fitnet": ["kd", "fg"], "at": ["at"], "sp": ["sp"],
               "sfkd": ["kd", "fg", "bg"]}[method]
     for part in ("kd", "fg", "bg", "at", "sp"):
         assert (m[f"loss_{part}"] > 0) == (part in active), part
@@ -89,7 +91,7 @@ def _first_losses(cfg: dict, steps: int) -> list[float]:
     run.student.train()
     losses = []
     for (x, y), _ in zip(run.train_loader, range(steps)):
-        loss, _, _ = run._losses(x, y)
+        loss, _, _ = run._losses(x, y, *run._teacher_outputs(x, None, None))
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()

@@ -49,6 +49,11 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     best_yaml = smoke_search.run_dir / "best_config.yaml"
     cfg = yaml.safe_load(best_yaml.read_text())
     assert cfg["student"] == "resnet8" and Path(cfg["teacher"]).is_file() and cfg["epochs"] == 3
+    # The auto teacher trained on the training split only: it never saw the validation images.
+    from trainables.teacher import read_teacher_file
+
+    recipe = read_teacher_file(cfg["teacher"])
+    assert (recipe["trained_on"], recipe["split_seed"], recipe["val_fraction"]) == ("train", 0, 0.1)
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best.data.metrics["best_val_acc"])
 
     # tuner.export writes the same config again, from MLflow alone.
@@ -64,6 +69,9 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     assert rc == 0
     finals = [r for r in client.search_runs([parent.info.experiment_id], "tags.`sfkd.kind` = 'final'")]
     assert len(finals) == 1 and "test_acc_last" in finals[0].data.metrics
+    # The headline is the last epoch; a best epoch on test is only ever named as selection on test.
+    assert "test_acc_best" not in finals[0].data.metrics and "best_test_acc" not in finals[0].data.metrics
+    assert "test_acc_best_selected_on_test" in finals[0].data.metrics
     assert finals[0].data.tags["sfkd.search_run_id"] == parent.info.run_id
     versions = client.search_model_versions("name = 'sfkd-resnet8-synthetic'")
     assert versions and versions[0].tags["density"].startswith("0.5")

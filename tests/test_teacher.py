@@ -16,6 +16,8 @@ def test_teacher_trained_with_the_cli_loads_back_with_its_recorded_accuracy(tmp_
     assert r.returncode == 0, r.stderr
     blob = read_teacher_file(out)
     assert blob["arch"] == "resnet8" and blob["dataset"] == "synthetic" and blob["num_classes"] == 10
+    # By default it trains on the training split only and records that, so a search may use it.
+    assert (blob["trained_on"], blob["split_seed"], blob["val_fraction"]) == ("train", 0, 0.1)
     assert f"{blob['test_acc']:.2f}%" in r.stdout
     model, info = load_teacher(out, "resnet8", 10)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -43,3 +45,15 @@ def test_teacher_for_another_architecture_or_class_count_is_refused(tiny_teacher
     torch.save({"model": create_model("resnet8", 100).state_dict()}, tmp_path / "r.pth")
     with pytest.raises(TeacherError, match="does not fit"):
         load_teacher(tmp_path / "r.pth", "resnet8", 10)
+
+
+def test_the_final_run_says_when_its_teacher_had_a_smaller_budget_than_the_config():
+    from trainables.config import DistillConfig
+    from tuner.final import teacher_budget_note
+
+    cfg = DistillConfig.from_dict({"teacher": "/runs/teachers/resnet110.pt", "teacher_epochs": 240, "epochs": 240})
+    note = teacher_budget_note(cfg, {"epochs": 2, "trained_on": "train", "test_acc": 40.46})
+    assert note.startswith("note: teacher resnet110.pt was trained for 2 epochs (on train, test top-1 40.46%)")
+    assert "teacher_epochs 240" in note and "--set teacher=" in note
+    assert teacher_budget_note(cfg, {"epochs": 240}) is None
+    assert teacher_budget_note(cfg, {}) is None  # a file with no recorded recipe: nothing to compare

@@ -10,6 +10,11 @@ from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.schedule import SCHEDULES
 
 METHODS = ("sfkd", "kd", "ft", "fitnet", "at", "sp")
+SFKD_NORMS = ("map", "region")
+# alpha and beta when a config leaves them out: each method's literature recipe (METHOD.md, Baselines).
+# FT ignores both (cross-entropy at weight 1); AT and SP add KD only when beta is given on purpose.
+METHOD_WEIGHTS = {"sfkd": (0.5, 0.5), "kd": (0.5, 0.5), "fitnet": (0.5, 0.5), "at": (1.0, 0.0), "sp": (1.0, 0.0),
+                  "ft": (1.0, 0.0)}
 LR_SCHEDULES = ("multistep", "cosine")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 NEEDS_TEACHER = ("sfkd", "kd", "fitnet", "at", "sp")
@@ -26,6 +31,7 @@ class DistillConfig:
     data_dir: str | None = None
     download: bool = False
     val_fraction: float = 0.1
+    split_seed: int = 0  # the validation split (and train/val subsets) depend on this alone, never on seed
     train_subset: int | None = None
     val_subset: int | None = None
     synthetic_size: int = 2000
@@ -36,13 +42,16 @@ class DistillConfig:
     teacher_arch: str = "resnet110"
     teacher_epochs: int = 240
     student: str = "resnet20"
-    # Loss: alpha*CE + beta*KD + gamma*(L_fg + bg_weight*L_bg) + at_weight*AT + sp_weight*SP
+    # Loss: alpha*CE + beta*KD + gamma*(L_fg + bg_weight*L_bg) + at_weight*AT + sp_weight*SP; the method
+    # decides which terms exist (FT: CE at weight 1 only). alpha/beta left out take METHOD_WEIGHTS[method].
     method: str = "sfkd"
-    alpha: float = 0.5
-    beta: float = 0.5
+    arm: str | None = None  # a label for one arm of a comparison (set by a space's `arms:`); changes nothing
+    alpha: float | None = None
+    beta: float | None = None
     gamma: float = 0.5
     bg_weight: float = 0.4
     fg_size: int = 4
+    sfkd_norm: str = "map"  # map: MSE over the full masked maps (paper Eqs. 5-6); region: over each region's area
     temperature: float = 4.0
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
@@ -52,7 +61,7 @@ class DistillConfig:
     sparsity: float | None = None
     sparse_init: str = "ERK"
     scored_positions: bool = True
-    score_batches: int = 1
+    score_per_class: int = 10  # SNIP/GraSP score on this many training images per class (stratified, seeded)
     prune_schedule: str = "one-shot"
     prune_steps: int = 5
     prune_interval: int = 1
@@ -70,8 +79,10 @@ class DistillConfig:
     # Speed levers that must not change the numbers (tests compare them with the plain path)
     compile: bool = False  # torch.compile the training forward of student and teacher
     compile_backend: str = "inductor"
-    teacher_cache: bool = True  # teacher outputs of fixed augmentation views, shared by all trials
-    cache_views: int = 8
+    teacher_cache: bool = True  # teacher outputs of each epoch's augmented images, shared by all trials
+    # None: epoch e trains on a fresh augmentation drawn from (seed, e). An int V reuses V fixed views
+    # (epoch e sees view e mod V): an opt-in that CHANGES THE TRAINING DISTRIBUTION (fewer distinct crops).
+    cache_views: int | None = None
     cache_max_gb: float = 4.0
     cache_dir: str | None = None  # default: teacher_cache/ beside the teacher file
 
@@ -114,28 +125,36 @@ class DistillConfig:
         if self.density is None:
             self.density = 0.9
         _in_range("density", self.density, 0.0, 1.0, lo_open=True)
+        _one_of("method", self.method, METHODS)
+        default_alpha, default_beta = METHOD_WEIGHTS[self.method]
+        self.alpha = default_alpha if self.alpha is None else self.alpha
+        self.beta = default_beta if self.beta is None else self.beta
+        if self.method == "ft":
+            self.alpha, self.beta, self.gamma = 1.0, 0.0, 0.0  # FT is cross-entropy at weight 1, nothing else
+        elif self.method in ("kd", "at", "sp"):
+            self.gamma = 0.0  # no feature-MSE term exists in these methods
+        _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("student", self.student, model_names())
         _one_of("teacher_arch", self.teacher_arch, model_names())
-        _one_of("method", self.method, METHODS)
         _one_of("sparse_init", self.sparse_init, INIT_METHODS)
         _one_of("prune_schedule", self.prune_schedule, SCHEDULES)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("compile_backend", self.compile_backend, COMPILE_BACKENDS)
         for k in ("alpha", "beta", "gamma", "at_weight", "sp_weight", "weight_decay", "momentum"):
             _in_range(k, getattr(self, k), 0.0, float("inf"))
-        _in_range("bg_weight", self.bg_weight, 0.0, 1.0)
+        _in_range("bg_weight", self.bg_weight, 0.0, float("inf"))
         _in_range("val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
         _in_range("temperature", self.temperature, 0.0, float("inf"), lo_open=True)
         _in_range("lr", self.lr, 0.0, float("inf"), lo_open=True)
         _in_range("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
-        for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_batches",
-                  "synthetic_size", "image_size", "cache_views"):
+        for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_per_class",
+                  "synthetic_size", "image_size"):
             _in_range(k, getattr(self, k), 1, float("inf"))
         _in_range("synthetic_classes", self.synthetic_classes, 2, float("inf"))
         _in_range("fg_size", self.fg_size, 0, float("inf"))
         _in_range("cache_max_gb", self.cache_max_gb, 0.0, float("inf"))
-        for k in ("train_subset", "val_subset"):
+        for k in ("train_subset", "val_subset", "cache_views"):
             if getattr(self, k) is not None:
                 _in_range(k, getattr(self, k), 1, float("inf"))
         if not self.feature_stages or not all(isinstance(s, int) for s in self.feature_stages):

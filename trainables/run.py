@@ -79,9 +79,8 @@ class DistillRun:
                  teacher: nn.Module | None = None, full_train: bool = False):
         self.cfg = cfg = as_config(config)
         self.device = pick_device(device or cfg.device)
-        torch.manual_seed(cfg.seed)
         self.data = data or load_splits(
-            cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed, cfg.train_subset, cfg.val_subset,
+            cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.train_subset, cfg.val_subset,
             cfg.download, cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, full_train=full_train)
         nc = self.data.num_classes
         check_feature_config(cfg, nc, self.data.image_size)
@@ -90,11 +89,15 @@ class DistillRun:
         if self.teacher is None and cfg.uses_teacher:
             if cfg.teacher in ("auto", "none"):
                 raise ConfigError("teacher: give a teacher file (the search driver resolves 'auto' before trials start)")
-            self.teacher, self.teacher_info = load_teacher(cfg.teacher, cfg.teacher_arch, nc, self.device)
+            # Building the teacher draws random initial weights; they must not come from the student's seed.
+            with torch.random.fork_rng(devices=[]):
+                self.teacher, self.teacher_info = load_teacher(cfg.teacher, cfg.teacher_arch, nc, self.device)
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+        # The student's initial weights depend on `seed` alone: same seed, same start, whatever the method.
+        torch.manual_seed(cfg.seed)
         self.student = create_model(cfg.student, nc).to(self.device)
         if cfg.sparse_init == "magnitude":
             self.student.load_state_dict(self.teacher.state_dict())
@@ -103,7 +106,7 @@ class DistillRun:
             self.student.to(memory_format=torch.channels_last)
             if self.teacher is not None:
                 self.teacher.to(memory_format=torch.channels_last)
-        self.plan = pruning_plan(cfg.prune_schedule, cfg.density, cfg.prune_steps, cfg.prune_interval)
+        self.plan = pruning_plan(cfg.prune_schedule, cfg.density, cfg.prune_steps, cfg.prune_interval, cfg.epochs)
         self.current_density = 1.0 if self.plan else cfg.density
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -150,9 +153,14 @@ class DistillRun:
         shapes = stage_shapes(cfg.teacher_arch, num_classes, self.data.image_size)
         return open_teacher_cache(cfg, cfg.teacher, self.data, [shapes[s] for s in self._distilled_stages()], num_classes)
 
-    def _cached_teacher_view(self, view: int | None):
+    def view_of(self, epoch: int) -> int:
+        """The augmentation view a 0-based epoch trains on: its own fresh draw, or with the opt-in
+        `cache_views: V`, view epoch mod V. The same with the cache on or off and for every method."""
+        return epoch if self.cfg.cache_views is None else epoch % self.cfg.cache_views
+
+    def _cached_teacher_view(self, view: int):
         """This epoch's shared teacher outputs, filling them if this trial is the first to need them."""
-        if self.cache is None or view is None:
+        if self.cache is None:
             return None
         return self.cache.load(view) or self.cache.fill(
             view, self.teacher, self.train_loader.images, self.data.mean, self.data.std, self._distilled_stages(),
@@ -168,10 +176,17 @@ class DistillRun:
         return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in milestones)
 
     def _score_batches(self) -> list:
+        """`score_per_class` training images of every class (Wang et al. 2020 use 10), drawn with the
+        run's seed, in batches of batch_size: what SNIP and GraSP score on."""
         x, y = self.data.train_x, self.data.train_y
         g = torch.Generator().manual_seed(self.cfg.seed + 7)
-        n = min(len(x), self.cfg.batch_size * self.cfg.score_batches)
-        idx = torch.randperm(len(x), generator=g)[:n]
+        picks = []
+        for c in torch.unique(y):
+            members = torch.nonzero(y == c).flatten()
+            picks.append(members[torch.randperm(len(members), generator=g)[:self.cfg.score_per_class]])
+        idx = torch.cat(picks)
+        idx = idx[torch.randperm(len(idx), generator=g)]  # mix the classes across batches
+        n = len(idx)
         xs = normalize(x[idx].to(self.device), torch.tensor(self.data.mean), torch.tensor(self.data.std))
         ys = y[idx].to(self.device)
         b = self.cfg.batch_size
@@ -190,6 +205,11 @@ class DistillRun:
     def masks(self) -> dict:
         return get_masks(self.student)
 
+    def measured_density(self) -> float:
+        """The fraction of maskable weights the masks keep now (what a run reports as `density`)."""
+        masks = self.masks.values()
+        return sum(int(m.sum()) for m in masks) / max(1, sum(m.numel() for m in masks))
+
     # -- training -----------------------------------------------------------------------------
     def _prune_if_planned(self) -> None:
         if self.epoch not in self.plan:
@@ -204,21 +224,30 @@ class DistillRun:
                 buf.mul_(masks[name].to(buf.dtype))
         self.current_density = density
 
-    def _losses(self, x: torch.Tensor, y: torch.Tensor, teacher_out=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """The weighted total, its named parts and the student logits. `teacher_out` = (logits, distilled
-        maps) from the shared cache replaces the teacher forward."""
+    def _teacher_outputs(self, x: torch.Tensor, cached, idx) -> tuple[torch.Tensor | None, list | None]:
+        """The frozen teacher's logits and distilled maps for batch x, from the shared cache when it holds
+        this epoch, else computed here. Both paths round through fp16 (the cache's storage format), so the
+        cache changes no number."""
+        if self.teacher is None or self.cfg.method == "ft":
+            return None, None
+        if cached is not None:
+            rows = idx.cpu()
+            return (cached["logits"][rows].to(self.device, torch.float32),
+                    [cached[f"stage{i}"][rows].to(self.device, torch.float32) for i in range(len(self._distilled_stages()))])
+        with torch.inference_mode():
+            t_logits, t_feats = self.teacher_forward(x, return_features=True)
+        # Inference tensors cannot be saved for backward; the fp16 round trip makes ordinary constants.
+        return (t_logits.float().half().float(),
+                [t_feats[i].float().half().float() for i in self._distilled_stages()])
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor, t_logits=None, t_feats=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """The weighted total, its named parts and the student logits (METHOD.md, Baselines): the method
+        decides which terms exist, the config gives the weights of those that do."""
         cfg = self.cfg
-        t_logits = t_feats = None
-        if teacher_out is not None:
-            t_logits, t_feats = teacher_out
-        elif self.teacher is not None and cfg.method != "ft":
-            with torch.inference_mode():
-                t_logits, t_feats = self.teacher_forward(x, return_features=True)
-            # Inference tensors cannot be saved for backward; a clone is an ordinary constant.
-            t_logits = t_logits.clone()
-            t_feats = [t_feats[i].clone() for i in cfg.feature_stages]
         logits, feats = self.student_forward(x, return_features=True)
         parts = {"ce": F.cross_entropy(logits.float(), y)}
+        if cfg.method == "ft":
+            return parts["ce"], parts, logits
         total = cfg.alpha * parts["ce"]
         if t_logits is not None and cfg.beta > 0:
             parts["kd"] = kd_loss(logits, t_logits, cfg.temperature)
@@ -228,7 +257,7 @@ class DistillRun:
             for j, (f_s, f_t) in enumerate(zip(s_feats, t_feats)):
                 if cfg.method in ("sfkd", "fitnet"):
                     f_s, f_t = match_spatial(self.connectors[j](f_s), f_t)
-                    fg, bg = sfkd_parts(f_s, f_t, 0 if cfg.method == "fitnet" else cfg.fg_size)
+                    fg, bg = sfkd_parts(f_s, f_t, 0 if cfg.method == "fitnet" else cfg.fg_size, cfg.sfkd_norm)
                     parts["fg"] = parts.get("fg", 0) + fg
                     parts["bg"] = parts.get("bg", 0) + bg
                 elif cfg.method == "at":
@@ -255,18 +284,12 @@ class DistillRun:
             group["lr"] = lr
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "correct") + LOSS_PARTS}
         seen, start = 0, time.perf_counter()
-        # Fixed views only where a cache can serve them; a run without a teacher file keeps fresh draws.
-        view = self.epoch % self.cfg.cache_views if self.cache is not None else None
+        view = self.view_of(self.epoch)
         cached = self._cached_teacher_view(view)
         for x, y, idx in self.train_loader.batches(view, self.cfg.seed):
-            teacher_out = None
-            if cached is not None:
-                rows = idx.cpu()
-                teacher_out = (cached["logits"][rows].to(self.device, torch.float32),
-                               [cached[f"stage{i}"][rows].to(self.device, torch.float32)
-                                for i in range(len(self._distilled_stages()))])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-                loss, parts, logits = self._losses(x, y, teacher_out)
+                t_logits, t_feats = self._teacher_outputs(x, cached, idx)
+                loss, parts, logits = self._losses(x, y, t_logits, t_feats)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -284,7 +307,7 @@ class DistillRun:
         self.epoch += 1
         values = {k: v.item() / max(seen, 1) for k, v in sums.items()}
         metrics = {"epoch": self.epoch, "loss": values["loss"], "train_acc": 100.0 * values["correct"], "lr": lr,
-                   "density": self.current_density, "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
+                   "density": self.measured_density(), "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
         metrics.update({f"loss_{k}": values[k] for k in LOSS_PARTS})
         if self.cache is not None:
             metrics["teacher_cache_hit"] = float(cached is not None)
@@ -323,9 +346,9 @@ class DistillRun:
             metrics.update({f"{split}_acc": ev["acc"], f"{split}_acc5": ev["acc5"], f"{split}_loss": ev["loss"]})
             if ev["acc"] > self.best.get(f"best_{split}_acc", -1.0):
                 self.best = {f"best_{split}_acc": ev["acc"], f"best_{split}_acc5": ev["acc5"], "best_epoch": self.epoch}
-            metrics.update(self.best)
-            kept = sum(int(m.sum()) for m in self.masks.values())
-            self.density_history.append((self.epoch, kept / max(1, sum(m.numel() for m in self.masks.values()))))
+            if split == "val":  # a best epoch on test is selection on test: never a per-epoch metric
+                metrics.update(self.best)
+            self.density_history.append((self.epoch, metrics["density"]))
             self.last_probe = self.probe(split)
             metrics["student_fg_share"] = self.last_probe["student_fg_share"]
             if "teacher_fg_share" in self.last_probe:

@@ -45,6 +45,24 @@ def read_teacher_file(path) -> dict:
     return {"state_dict": state}
 
 
+def check_never_saw_validation(info: dict, path, dataset: str, split_seed: int, val_fraction: float) -> str | None:
+    """Raise TeacherError when a teacher file's recorded recipe shows it trained on this search's
+    validation images; return a warning line when the file records no recipe to check."""
+    trained_on = info.get("trained_on")
+    if trained_on is None:
+        return (f"warning: teacher file {path} records no training split; the tool cannot check that it never "
+                f"saw the validation images (train one with python -m tuner.teacher to be sure)")
+    same_split = (info.get("dataset") == dataset and info.get("split_seed") == split_seed
+                  and info.get("val_fraction") == val_fraction)
+    if trained_on != "train" or not same_split:
+        raise TeacherError(
+            f"teacher file {path} was trained on {trained_on} of {info.get('dataset')} (split_seed "
+            f"{info.get('split_seed')}, val_fraction {info.get('val_fraction')}), so it has seen this search's "
+            f"validation images ({dataset}, split_seed {split_seed}, val_fraction {val_fraction}); a search needs a "
+            f"teacher trained on the training split only (python -m tuner.teacher --train-on train, or teacher: auto)")
+    return None
+
+
 def load_teacher(path, arch: str, num_classes: int, device="cpu") -> tuple[nn.Module, dict]:
     """A frozen teacher in eval mode, checked against the expected architecture and class count."""
     blob = read_teacher_file(path)

@@ -1,14 +1,16 @@
 """Teacher outputs computed once and shared by every trial of a search (`teacher_cache: true`).
 
-With the cache on, augmentation is a fixed set of `cache_views` views: image i of view v is cropped
-and flipped with parameters drawn from (seed, v) alone, and epoch e trains on view e mod V. So the
-frozen teacher's logits and distilled maps for (v, i) are the same for every trial that shares the
-teacher, the data and the seed. The first trial that needs view v computes it for all images and
-publishes it with an atomic rename; every other trial memory-maps the files.
+A speed lever, never a change of data. Epoch e of every run trains on view e: image i cropped and
+flipped with parameters drawn from (seed, e) alone, the same with the cache on or off and for every
+method (`cache_views: V` opts into reusing V views, epoch e seeing view e mod V). So the frozen
+teacher's logits and distilled maps for (view, image) are the same for every trial that shares the
+teacher, the training images and the seed. The first trial that needs a view computes it for all images
+and publishes it with an atomic rename; every other trial memory-maps the files. Views beyond
+`cache_max_gb` are not stored: those epochs run the teacher on the fly on the same draw.
 
 Files, under `<cache_dir>/<key>/`: `view<v>.logits` (N x K) and `view<v>.stage<s>` (N x C x H x W),
-raw fp16. Size: V * N * (K + sum of C*H*W over the distilled stages) * 2 bytes; views beyond
-`cache_max_gb` are computed on the fly instead, with the same fixed views.
+raw fp16 (the training loop rounds on-the-fly teacher outputs through fp16 too). Size per view:
+N * (K + sum of C*H*W over the distilled stages) * 2 bytes.
 """
 import hashlib
 import json
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from trainables.data.augment import normalize, view_batch, view_params
+from trainables.data.augment import VIEW_PAD, normalize, view_batch, view_params
 
 STALE_LOCK_S = 3600  # a lock older than this belonged to a trial that died while filling
 
@@ -44,7 +46,7 @@ class TeacherCache:
         self.shapes = {"logits": (logit_dim,), **{f"stage{i}": tuple(s) for i, s in enumerate(stage_shapes)}}
         self.views = views
         self.view_bytes = 2 * num_images * sum(torch.Size(s).numel() for s in self.shapes.values())
-        self.cached_views = min(views, int(max_bytes // max(self.view_bytes, 1)))
+        self.cached_views = min(views, int(max_bytes // max(self.view_bytes, 1)))  # views 0..cached_views-1
         self._open: dict[int, dict[str, torch.Tensor]] = {}
         self.filled = 0  # views this process computed (the others came from another trial)
 
@@ -57,6 +59,7 @@ class TeacherCache:
             return self._open[view]
         if view >= self.cached_views or not all(self._file(view, p).exists() for p in self.shapes):
             return None
+        self._open.clear()  # one view at a time: the previous epoch's maps are not needed again
         out = {}
         for part, shape in self.shapes.items():
             flat = torch.from_file(str(self._file(view, part)), shared=False, size=self.n * torch.Size(shape).numel(),
@@ -114,12 +117,10 @@ class TeacherCache:
 
 
 def open_teacher_cache(cfg, teacher_file: str, data, stage_shapes: list, logit_dim: int) -> TeacherCache:
-    """The cache of this run's teacher, training images, seed and distilled stages."""
-    identity = {"teacher": file_digest(teacher_file), "dataset": cfg.dataset, "data_dir": cfg.data_dir,
-                "seed": cfg.seed, "val_fraction": cfg.val_fraction, "train_subset": cfg.train_subset,
-                "synthetic_size": cfg.synthetic_size, "synthetic_classes": cfg.synthetic_classes,
-                "image_size": cfg.image_size, "n": len(data.train_x), "stages": list(cfg.feature_stages),
-                "views": cfg.cache_views, "format": 1}
+    """The cache of this run's teacher, exact training images (set and order), seed and distilled stages."""
+    identity = {"teacher": file_digest(teacher_file), "train_images": data.train_digest, "seed": cfg.seed,
+                "augment": {"crop_pad": VIEW_PAD, "flip": True}, "stages": list(cfg.feature_stages), "format": 2}
     root = Path(cfg.cache_dir) if cfg.cache_dir else Path(teacher_file).resolve().parent / "teacher_cache"
-    return TeacherCache(root, identity, cfg.seed, len(data.train_x), logit_dim, stage_shapes, cfg.cache_views,
+    views = cfg.epochs if cfg.cache_views is None else min(cfg.cache_views, cfg.epochs)
+    return TeacherCache(root, identity, cfg.seed, len(data.train_x), logit_dim, stage_shapes, views,
                         cfg.cache_max_gb * 1e9)

@@ -38,22 +38,24 @@ def resolve_teacher(space, storage: Path, tracker: SearchTracker, log: bool = Tr
         if cfg.get("teacher") != "none":
             cfg["teacher"] = str(Path(cfg["teacher"]).expanduser().resolve())
         return
-    for key in ("teacher_arch", "teacher_epochs", "dataset", "seed"):
+    for key in ("teacher_arch", "teacher_epochs", "dataset", "split_seed", "val_fraction"):
         if key in space.params:
             raise ValueError(f"{key} must be fixed when teacher is auto")
     base = DistillConfig.from_dict(cfg)
     epochs = min(base.teacher_epochs, base.epochs)  # --epochs runs small, teacher included
-    recipe = dict(dataset=base.dataset, data_dir=base.data_dir, seed=base.seed, batch_size=base.batch_size,
-                  train_subset=base.train_subset, synthetic_size=base.synthetic_size,
-                  synthetic_classes=base.synthetic_classes, image_size=base.image_size)
+    # The teacher of a search trains on the training split only (it never sees the validation images);
+    # one teacher serves every seed of the search, so it takes its own seed, not the students'.
+    recipe = dict(dataset=base.dataset, data_dir=base.data_dir, seed=0, batch_size=base.batch_size,
+                  train_subset=base.train_subset, synthetic_size=base.synthetic_size, split_seed=base.split_seed,
+                  val_fraction=base.val_fraction, synthetic_classes=base.synthetic_classes, image_size=base.image_size)
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
     key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    path = storage / "teachers" / f"{base.teacher_arch}-{base.dataset}-e{epochs}-s{base.seed}-{key}.pt"
+    path = storage / "teachers" / f"{base.teacher_arch}-{base.dataset}-e{epochs}-train-{key}.pt"
     if path.exists():
         acc = read_teacher_file(path)["test_acc"]
         print(f"teacher {base.teacher_arch}: cached {path.name} (test top-1 {acc:.2f}%)", flush=True)
     else:
-        path, acc = train_teacher(tcfg, path)
+        path, acc = train_teacher(tcfg, path, train_on="train")
         print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> {path}", flush=True)
     cfg["teacher"] = str(path)
     if log:

@@ -126,7 +126,7 @@ def preflight(space) -> None:
     """Data and teacher files are checked before anything is recorded or any trial starts."""
     from trainables.config import DistillConfig
     from trainables.data.splits import NUM_CLASSES, locate_data
-    from trainables.teacher import load_teacher
+    from trainables.teacher import check_never_saw_validation, load_teacher
 
     cfg = DistillConfig.from_dict(space.config)
     if "dataset" in space.params or "data_dir" in space.params:
@@ -141,7 +141,10 @@ def preflight(space) -> None:
     else:
         num_classes = NUM_CLASSES[cfg.dataset]
     if "teacher_arch" not in space.params:
-        load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, num_classes)
+        _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, num_classes)
+        warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
 
         return run_search(space, storage, run_dir.name, first, state["argv"], resume=state)
     space = parse_space(a.space, cli_overrides(a))
+    for line in space.warnings:
+        print(line, file=sys.stderr)
     preflight(space)
     storage = prepare_storage(a.storage_path)
     name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"

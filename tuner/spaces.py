@@ -1,5 +1,6 @@
 """Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tuner.cli import UsageError
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "choice": None, "grid": None}
-SECTIONS = ("description", "config", "search", "scheduler", "resources")
+SECTIONS = ("description", "config", "arms", "search", "scheduler", "resources")
 SEARCH_DEFAULTS = {"num_samples": 8, "metric": "val_acc", "mode": "max", "searcher": "optuna", "seed": 0,
                    "max_concurrent": 2, "max_failures": 1, "keep_checkpoints": 2}
 SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 3}
@@ -33,6 +34,14 @@ class Space:
     search: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    arms: dict = field(default_factory=dict)  # arm name -> its own recipe (config values over `config`)
+    warnings: list = field(default_factory=list)  # printed before the search starts
+
+    def arm_configs(self) -> dict:
+        """The fixed config of every arm (one unnamed arm when the space has none)."""
+        if not self.arms:
+            return {None: dict(self.config)}
+        return {name: {**self.config, **recipe, "arm": name} for name, recipe in self.arms.items()}
 
 
 def available_spaces() -> list[str]:
@@ -143,9 +152,33 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
     search = _section(where, raw, "search", SEARCH_DEFAULTS)
     scheduler = _section(where, raw, "scheduler", SCHEDULER_DEFAULTS)
     resources = _section(where, raw, "resources", RESOURCE_DEFAULTS)
-    space = Space(path.stem, path, text, fixed, params, search, scheduler, resources)
+    arms = _arms(where, raw.get("arms"), keys, params)
+    for key in overrides or {}:  # --set and --epochs apply to every arm: the command line has the last word
+        for recipe in arms.values():
+            recipe.pop(key, None)
+    space = Space(path.stem, path, text, fixed, params, search, scheduler, resources, arms)
     validate_space(space, where)
     return space
+
+
+def _arms(where, raw, keys: set, params: dict) -> dict:
+    """`arms: {name: {key: value, ...}}`: each arm of a comparison with its own literature recipe."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise SpaceError(f"{where}: arms: expected a mapping of arm name -> config values")
+    arms = {}
+    for name, recipe in raw.items():
+        recipe = recipe or {}
+        if not isinstance(recipe, dict):
+            raise SpaceError(f"{where}: arms.{name}: expected a mapping of config keys")
+        for key, value in recipe.items():
+            if key not in keys or key == "arm":
+                raise SpaceError(f"{where}: arms.{name}.{key}: unknown config key")
+            if isinstance(value, dict) or key in params:
+                raise SpaceError(f"{where}: arms.{name}.{key}: an arm's values are fixed; {key} cannot also be searched")
+        arms[str(name)] = dict(recipe)
+    return arms
 
 
 def _positive_int(where, key, value, minimum=1):
@@ -171,6 +204,8 @@ def validate_space(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: scheduler.type: {sch['type']!r}; expected asha or fifo")
     if "epochs" in space.params:
         raise SpaceError(f"{where}: config.epochs: must be fixed (it is the trial budget and ASHA's max_t)")
+    if space.arms and s["searcher"] == "optuna":
+        raise SpaceError(f"{where}: arms: a comparison of fixed arms needs search.searcher: grid (or random)")
     for key in ("cpu", "gpu"):
         v = res[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
@@ -179,9 +214,10 @@ def validate_space(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: resources.cpu: expected a number > 0, got {res['cpu']!r}")
     if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):
         raise SpaceError(f"{where}: resources.gpu: a fraction must be <= 1, got {res['gpu']!r}")
-    # Every config the space can produce must pass the schema: try each extreme of each parameter.
-    base = _checked_config(where, space.config, "config")
-    epochs = base.epochs
+    # Every config the space can produce must pass the schema: try each extreme of each parameter, in every arm.
+    arm_cfgs = {name: _checked_config(where, values, f"arms.{name}" if name else "config")
+                for name, values in space.arm_configs().items()}
+    epochs = max(c.epochs for c in arm_cfgs.values())
     if sch["max_t"] is None:
         sch["max_t"] = epochs
     _positive_int(where, "scheduler.max_t", sch["max_t"])
@@ -191,11 +227,42 @@ def validate_space(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: scheduler.max_t: {sch['max_t']} exceeds config.epochs ({epochs})")
     sch["grace_period"] = min(sch["grace_period"], sch["max_t"])
     extremes = {k: _extremes(spec) for k, spec in space.params.items()}
-    for key, values in extremes.items():
-        for value in values:
-            _checked_config(where, {**space.config, key: value}, f"config.{key}")
-    for pick in (0, -1):  # all parameters at their low ends, then at their high ends, together
-        _checked_config(where, {**space.config, **{k: v[pick] for k, v in extremes.items()}}, "config")
+    for values in space.arm_configs().values():
+        for key, options in extremes.items():
+            for value in options:
+                _checked_config(where, {**values, key: value}, f"config.{key}")
+        for pick in (0, -1):  # all parameters at their low ends, then at their high ends, together
+            _checked_config(where, {**values, **{k: v[pick] for k, v in extremes.items()}}, "config")
+    by_message: dict[str, list] = {}
+    for name, cfg in arm_cfgs.items():
+        for w in schedule_warnings(cfg, sch):
+            by_message.setdefault(w, []).append(name)
+    for w, names in by_message.items():
+        label = f"arms {', '.join(names)}" if names != [None] else "config"
+        space.warnings.append(f"warning: {where}: {label}: {w}")
+
+
+def schedule_warnings(cfg: DistillConfig, sch: dict) -> list[str]:
+    """Budget problems that are not errors: a pruning schedule compressed to fit, ASHA rungs before the
+    first learning-rate decay."""
+    from trainables.sparsity.schedule import schedule_fits, step_epochs
+
+    out = []
+    if cfg.prune_schedule != "one-shot" and not schedule_fits(cfg.prune_steps, cfg.prune_interval, cfg.epochs):
+        last = step_epochs(cfg.prune_steps, cfg.prune_interval, cfg.epochs)[-1]
+        out.append(f"{cfg.prune_schedule} pruning ({cfg.prune_steps} steps {cfg.prune_interval} epochs apart) needs "
+                   f"{(cfg.prune_steps - 1) * cfg.prune_interval + 1} epochs but epochs is {cfg.epochs}; its steps are "
+                   f"compressed into epochs 0..{last}, reaching the target density there")
+    if sch["type"] == "asha" and cfg.lr_schedule == "multistep" and cfg.lr_milestones:
+        first_decay = max(1, round(min(cfg.lr_milestones) * cfg.epochs))
+        rungs, r = [], sch["grace_period"]
+        while r < sch["max_t"]:
+            rungs.append(r)
+            r *= sch["reduction_factor"]
+        if rungs and all(r <= first_decay for r in rungs):
+            out.append(f"every ASHA rung (epochs {', '.join(map(str, rungs))}) falls before the first lr decay (epoch "
+                       f"{first_decay}), so early stopping compares pre-decay accuracies; use lr_schedule: cosine")
+    return out
 
 
 def _checked_config(where, values: dict, label: str) -> DistillConfig:
@@ -214,6 +281,14 @@ def to_param_space(space: Space) -> dict:
     from ray import tune
 
     out = dict(space.config)
+    if space.arms:
+        # One grid value per arm; every key an arm sets is resolved from the chosen arm's recipe.
+        arms = space.arm_configs()
+        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                    for f in dataclasses.fields(DistillConfig)}
+        out["arm"] = tune.grid_search(list(arms))
+        for key in sorted({k for recipe in space.arms.values() for k in recipe}):
+            out[key] = tune.sample_from(lambda config, key=key: arms[config["arm"]].get(key, defaults[key]))
     for key, spec in space.params.items():
         kind, args = next(iter(spec.items()))
         out[key] = {

@@ -17,9 +17,14 @@ def teacher_config(arch: str, dataset: str, epochs: int, **overrides) -> Distill
     return DistillConfig.from_dict(values)
 
 
-def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True) -> tuple[Path, float]:
-    """Train on train+val for cfg.epochs, measure test top-1, save a teacher file; returns (path, acc)."""
-    run = DistillRun(cfg, full_train=True)
+TRAIN_ON = ("train", "train+val")
+
+
+def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on: str = "train") -> tuple[Path, float]:
+    """Train on the training split (`train`: usable by a search, it never sees the validation images) or
+    on train+val (a final run's teacher) for cfg.epochs, measure test top-1, save a teacher file that
+    records that recipe; returns (path, acc)."""
+    run = DistillRun(cfg, full_train=train_on == "train+val")
     bar = training_bar(cfg.epochs, len(run.train_loader), f"teacher {cfg.student}", enabled=progress)
     shown = {}  # the last finished epoch's numbers, shown while the next one runs
     for epoch in range(1, cfg.epochs + 1):
@@ -30,19 +35,23 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True) -> tuple
     epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown, test_acc=f"{test['acc']:.2f}")
     bar.close()
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
-                 test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed)
+                 test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed, trained_on=train_on,
+                 split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset)
     return Path(out), test["acc"]
 
 
 def main(argv=None) -> int:
     p = OneLineParser(prog="python -m tuner.teacher", description=(
-        "Train a dense teacher with the project's training loop (train+val split, CE only) and save it "
-        "with its architecture, dataset, class count and measured test accuracy."))
+        "Train a dense teacher with the project's training loop (CE only) and save it with its architecture, "
+        "dataset, class count, training split and measured test accuracy."))
     p.add_argument("--arch", required=True, help="model name, e.g. resnet56, wrn_40_2, vgg13")
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagefolder or synthetic")
     p.add_argument("--data-dir", help="folder with the data (ImageFolder tree, torchvision files or a .tar.gz)")
     p.add_argument("--epochs", type=int, default=240, help="training epochs (default 240)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-on", choices=TRAIN_ON, default="train", help=(
+        "train (default): the training split only, so a search may use it (it never sees the validation "
+        "images of split_seed/val_fraction); train+val: all training images, for a final run only"))
     p.add_argument("--out", help="output file (default teachers/<arch>-<dataset>.pt)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. lr=0.1")
     a = p.parse_args(argv)
@@ -51,8 +60,8 @@ def main(argv=None) -> int:
         overrides["data_dir"] = str(Path(a.data_dir).resolve())
     cfg = teacher_config(a.arch, a.dataset, a.epochs, seed=a.seed, **overrides)
     out = Path(a.out or f"teachers/{a.arch}-{a.dataset}.pt").resolve()
-    path, acc = train_teacher(cfg, out)
-    print(f"teacher {a.arch} on {a.dataset}: test top-1 {acc:.2f}% -> {path}")
+    path, acc = train_teacher(cfg, out, train_on=a.train_on)
+    print(f"teacher {a.arch} on {a.dataset} ({a.train_on}): test top-1 {acc:.2f}% -> {path}")
     return 0
 
 

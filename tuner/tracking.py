@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from trainables.config import ConfigError, DistillConfig
 from trainables.probe import PROBE_FILE
 from tuner.figures import log_run_figures
 
@@ -233,7 +234,13 @@ class MLflowTrialCallback(Callback):
         self.recorded: set[str] = set()  # trials whose ending this process wrote
 
     def _run(self, trial) -> str:
-        return self.tracker.child(trial.trial_id, f"trial_{trial.trial_id}", trial.config)
+        # The params are the config as the trial runs it: weights a method resolves (FT's alpha 1, an AT
+        # arm's beta 0) show as used, not as the space left them.
+        try:
+            config = DistillConfig.from_dict(trial.config).to_dict()
+        except ConfigError:
+            config = trial.config
+        return self.tracker.child(trial.trial_id, f"trial_{trial.trial_id}", config)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)

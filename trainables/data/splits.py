@@ -1,4 +1,6 @@
 """One place that turns a dataset name into train / val / test uint8 tensors."""
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,16 @@ class DataSplits:
     @property
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
+
+    @functools.cached_property
+    def train_digest(self) -> str:
+        """A hash of the exact training images, labels and their order: two runs that would train on
+        different images (a search's train split and a final run's train+val) never share a digest."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str(tuple(self.train_x.shape)).encode())
+        h.update(self.train_x.contiguous().numpy().tobytes())
+        h.update(self.train_y.numpy().astype("int64").tobytes())
+        return h.hexdigest()
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,12 +123,13 @@ def locate_data(dataset: str, data_dir: str | None, download: bool = False) -> t
     raise DataError(f"{root} is not an ImageFolder tree; expected {root}/train/<class>/ and {root}/test/<class>/")
 
 
-def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0,
+def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
                 train_subset: int | None = None, val_subset: int | None = None, download: bool = False,
                 synthetic_size: int = 2000, synthetic_classes: int = 10, image_size: int = 32,
                 full_train: bool = False) -> DataSplits:
-    """Load a dataset and carve the seeded, stratified validation split from its training set.
+    """Load a dataset and carve the stratified validation split from its training set.
 
+    The split and the subsets depend on `split_seed` alone, so seed replicates share validation images.
     full_train=True (the final run) trains on train+val and keeps val empty.
     """
     kind, root = locate_data(dataset, data_dir, download)
@@ -134,11 +147,11 @@ def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float =
     if full_train:
         vx, vy = tx[:0], ty[:0]
     else:
-        keep, held = stratified_split(ty, val_fraction, seed)
+        keep, held = stratified_split(ty, val_fraction, split_seed)
         vx, vy, tx, ty = tx[held], ty[held], tx[keep], ty[keep]
-        pick = _stratified_subset(vy, val_subset, seed)
+        pick = _stratified_subset(vy, val_subset, split_seed)
         vx, vy = vx[pick], vy[pick]
-    pick = _stratified_subset(ty, train_subset, seed)
+    pick = _stratified_subset(ty, train_subset, split_seed)
     tx, ty = tx[pick], ty[pick]
     if dataset in MEAN_STD:
         mean, std = MEAN_STD[dataset]
