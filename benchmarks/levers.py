@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.run import find_data  # noqa: E402
 from trainables.data import load_splits  # noqa: E402
-from trainables.models import create_model  # noqa: E402
 from trainables.run import DistillRun  # noqa: E402
-from trainables.teacher import save_teacher  # noqa: E402
+
+PRECISION = "fp32"  # the levers are measured on the reference arithmetic (benchmarks/precision.py has bf16)
 
 
 def ab_pairs(run_a: DistillRun, run_b: DistillRun, pairs: int) -> tuple[list[float], list[float]]:
@@ -37,13 +37,16 @@ def ab_pairs(run_a: DistillRun, run_b: DistillRun, pairs: int) -> tuple[list[flo
     return a, b
 
 
-def cache_on_off(splits, out: Path, epochs: int) -> dict:
-    torch.manual_seed(0)
-    teacher = save_teacher(out / "resnet56.pt", create_model("resnet56", splits.num_classes), "resnet56", "bench",
-                           splits.num_classes, 0.0)
+def cache_on_off(data: str, splits, out: Path, epochs: int, teacher_epochs: int) -> dict:
+    from tuner.teacher import teacher_config, train_teacher
+
+    # A teacher trained on the same images for a few epochs, so the losses compared are ordinary ones.
+    tcfg = teacher_config("resnet56", "cifar10", teacher_epochs, data_dir=data, train_subset=len(splits.train_x),
+                          val_subset=len(splits.val_x), precision=PRECISION)
+    teacher, teacher_acc = train_teacher(tcfg, out / "resnet56.pt", progress=False)
     cfg = dict(dataset="cifar10", teacher=str(teacher), teacher_arch="resnet56", student="resnet20", method="sfkd",
                density=0.1, sparse_init="ERK", batch_size=64, epochs=epochs, fg_size=4, seed=0,
-               cache_dir=str(out / "cache"), teacher_cache=False)
+               cache_dir=str(out / "cache"), teacher_cache=False, precision=PRECISION)
     off = DistillRun(cfg, data=splits)
     cold = DistillRun({**cfg, "teacher_cache": True}, data=splits)
     warm = DistillRun({**cfg, "teacher_cache": True}, data=splits)
@@ -58,13 +61,15 @@ def cache_on_off(splits, out: Path, epochs: int) -> dict:
     rel = max(abs(r[k] - r["loss_off"]) / abs(r["loss_off"]) for r in rows for k in ("loss_cold", "loss_warm"))
     return {"cache_epochs": rows, "cache_loss_max_rel_diff": rel,
             "teacher_cache_speedup": statistics.median(r["img_s_warm"] / r["img_s_off"] for r in rows),
-            "cache_view_mb": cold.cache.view_bytes / 1e6, "cache_train_images": len(splits.train_x)}
+            "cache_view_mb": cold.cache.view_bytes / 1e6, "cache_train_images": len(splits.train_x),
+            "cache_teacher_epochs": teacher_epochs, "cache_teacher_test_acc": teacher_acc, "cache_precision": off.precision}
 
 
 def compile_rows(splits, out: Path, pairs: int) -> dict:
     teacher = out / "resnet56.pt"
     cfg = dict(dataset="cifar10", teacher=str(teacher), teacher_arch="resnet56", student="resnet20", method="sfkd",
-               density=0.1, sparse_init="ERK", batch_size=64, epochs=50, fg_size=4, teacher_cache=False)
+               density=0.1, sparse_init="ERK", batch_size=64, epochs=50, fg_size=4, teacher_cache=False,
+               precision=PRECISION)
     eager = DistillRun(cfg, data=splits)
     compiled = DistillRun({**cfg, "compile": True}, data=splits)
     start = time.perf_counter()
@@ -82,8 +87,9 @@ def main():
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--data", help="CIFAR-10 JPEG tree or archive (default: ../shared/data)")
     p.add_argument("--parts", default="cache,compile", help="comma-separated subset of cache, compile (default both)")
-    p.add_argument("--train-images", type=int, default=2560, help="training images of the cache runs (default 2560)")
+    p.add_argument("--train-images", type=int, default=5000, help="training images of the cache runs (default 5000)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of the cache runs (default 3)")
+    p.add_argument("--teacher-epochs", type=int, default=3, help="epochs of the resnet56 teacher (default 3)")
     a = p.parse_args()
     data = find_data(a.data)
     if data is None:
@@ -93,7 +99,7 @@ def main():
     t0 = time.monotonic()
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads()}
     parts = set(a.parts.split(","))
-    res.update(cache_on_off(splits, out, a.epochs))  # also writes the teacher file the compile part uses
+    res.update(cache_on_off(data, splits, out, a.epochs, a.teacher_epochs))  # also writes the teacher file the compile part uses
     print(res, flush=True)
     if "compile" in parts:
         res.update(compile_rows(splits, out, pairs=3))
