@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from trainables.data import load_splits  # noqa: E402
 from trainables.models import create_model  # noqa: E402
+from trainables.precision import autocast, resolve_memory_format, resolve_precision  # noqa: E402
 from trainables.run import DistillRun  # noqa: E402
 from trainables.sparsity import apply_masks, init_masks, save_sparse  # noqa: E402
 from trainables.teacher import save_teacher  # noqa: E402
@@ -76,7 +77,12 @@ def plain_loop_epoch(teacher, student, masks, loader, device) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def compute_bound(teacher, student, x, y, steps, device) -> float:
+def compute_bound(teacher, student, x, y, steps, device, precision: str) -> float:
+    """Bare forward/backward steps on staged tensors at `precision` (the best the hardware offers):
+    the ceiling a trial's img/s is compared with."""
+    if resolve_memory_format("auto", device, precision):
+        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+        x = [xb.contiguous(memory_format=torch.channels_last) for xb in x]
     opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     teacher.eval()
     student.train()
@@ -84,11 +90,14 @@ def compute_bound(teacher, student, x, y, steps, device) -> float:
     start = time.perf_counter()
     for i in range(steps):
         xb, yb = x[i % len(x)], y[i % len(y)]
-        with torch.inference_mode():
-            t_logits, t_feats = teacher(xb, return_features=True)
-        logits, feats = student(xb, return_features=True)
+        with autocast(device, precision):
+            with torch.inference_mode():
+                t_logits, t_feats = teacher(xb, return_features=True)
+            logits, feats = student(xb, return_features=True)
+        logits, t_logits = logits.float(), t_logits.float()
         loss = F.cross_entropy(logits, yb) + F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(t_logits.clone() / 4, 1),
-                                                      reduction="batchmean") + F.mse_loss(feats[-1], t_feats[-1].clone())
+                                                      reduction="batchmean") + F.mse_loss(feats[-1].float(),
+                                                                                          t_feats[-1].float().clone())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -114,7 +123,8 @@ def throughput_rows(data_arg, n_images, pairs, out_dir: Path) -> dict:
     cfg = dict(dataset="cifar10", teacher=str(teacher_file), teacher_arch="resnet56", student="resnet20",
                method="sfkd", density=0.1, sparse_init="ERK", batch_size=64, epochs=10, fg_size=4,
                teacher_cache=False)  # one trial alone: the cache pays across trials (benchmarks/levers.py)
-    run = DistillRun(cfg, data=splits)
+    run = DistillRun(cfg, data=splits)  # precision auto: what a user's trial runs at on this hardware
+    run_fp32 = DistillRun({**cfg, "precision": "fp32"}, data=splits)
 
     student = create_model("resnet20", splits.num_classes).to(device)
     masks = {k: v.to(device).float() for k, v in init_masks(student, 0.1, "ERK").items()}
@@ -131,10 +141,12 @@ def throughput_rows(data_arg, n_images, pairs, out_dir: Path) -> dict:
 
     plain_loop_epoch(teacher_plain, student, masks, loader, device)  # warm-up (workers start)
     run.train_epoch()
-    plain, trial, ratios = [], [], []
+    run_fp32.train_epoch()
+    plain, trial, trial_fp32, ratios = [], [], [], []
     for _ in range(pairs):
         a = plain_loop_epoch(teacher_plain, student, masks, loader, device)
         b = run.train_epoch()["img_per_s"]
+        trial_fp32.append(run_fp32.train_epoch()["img_per_s"])
         plain.append(a)
         trial.append(b)
         ratios.append(b / a)
@@ -142,12 +154,14 @@ def throughput_rows(data_arg, n_images, pairs, out_dir: Path) -> dict:
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(64, 3, 32, 32, generator=g).to(device) for _ in range(4)]
     ys = [torch.randint(0, splits.num_classes, (64,), generator=g).to(device) for _ in range(4)]
+    best = resolve_precision("auto", device)  # the best precision this hardware offers
     bound = compute_bound(create_model("resnet56", splits.num_classes).to(device),
                           create_model("resnet20", splits.num_classes).to(device), xs, ys,
-                          steps=max(10, n_images // 64), device=device)
-    return {"source": source, "device": str(device), "plain_loop_img_s": statistics.median(plain),
-            "trial_img_s": statistics.median(trial), "speedup_vs_plain_loop": statistics.median(ratios),
-            "speedup_pairs": ratios, "compute_bound_img_s": bound,
+                          steps=max(10, n_images // 64), device=device, precision=best)
+    return {"source": source, "device": str(device), "trial_precision": run.precision,
+            "plain_loop_img_s": statistics.median(plain), "trial_img_s": statistics.median(trial),
+            "trial_img_s_fp32": statistics.median(trial_fp32), "speedup_vs_plain_loop": statistics.median(ratios),
+            "speedup_pairs": ratios, "compute_bound_precision": best, "compute_bound_img_s": bound,
             "fraction_of_compute_bound": statistics.median(trial) / bound, "_cfg": cfg, "_splits": splits}
 
 

@@ -37,6 +37,8 @@ def recorded(tmp_path_factory):
     (root / "tampered.sfkd").write_bytes(raw[:-1000] + bytes([raw[-1000] ^ 0xFF]) + raw[-999:])
     (root / "truncated.sfkd").write_bytes(raw[:-500])
     save_teacher(root / "t8.pt", create_model("resnet8", 10), "resnet8", "synthetic", 10, 50.0)
+    save_teacher(root / "chance.pt", create_model("resnet8", 10), "resnet8", "synthetic", 10, 11.0, trained_on="train",
+                 split_seed=0, val_fraction=0.1)
     (root / "garbage.pt").write_bytes(b"not a checkpoint at all")
     (root / "afile").write_text("a file, not a folder")
     (root / "empty").mkdir()
@@ -58,9 +60,16 @@ def _snapshot(root: Path) -> dict:
 S = ["-m", "tuner.search", "--space", "smoke"]
 CASES = [  # (id, argv, what the line must say)
     ("unknown space", ["-m", "tuner.search", "--space", "no_such_space"], "unknown space 'no_such_space'"),
+    ("space typo", ["-m", "tuner.search", "--space", "smokee"], "unknown space 'smokee'; did you mean 'smoke'?"),
+    ("config key typo", S + ["--set", "alhpa=0.3"], "unknown config key; did you mean 'alpha'?"),
+    ("dataset typo", S + ["--dataset", "cifar11"], "dataset: unknown value 'cifar11'; did you mean 'cifar10'?"),
+    ("data dir with synthetic data", S + ["--data-dir", "{r}"], "dataset is synthetic, which reads no folder"),
+    ("teacher file near chance", S + ["--set", "teacher={r}/chance.pt"],
+     "teacher chance.pt has test top-1 11.00%, not clearly above chance (10.00% for 10 classes)"),
     ("yaml syntax", ["-m", "tuner.search", "--space", "{r}/bad.yaml"], "bad.yaml: not valid YAML at line"),
     ("yaml not a mapping", ["-m", "tuner.search", "--space", "{r}/list.yaml"], "list.yaml: expected a mapping"),
-    ("unknown yaml key", ["-m", "tuner.search", "--space", "{r}/unknown_key.yaml"], "config.alhpa: unknown config key"),
+    ("unknown yaml key", ["-m", "tuner.search", "--space", "{r}/unknown_key.yaml"],
+     "config.alhpa: unknown config key; did you mean 'alpha'?"),
     ("unknown section", ["-m", "tuner.search", "--space", "{r}/unknown_section.yaml"], "searhc: unknown section"),
     ("bad bounds", ["-m", "tuner.search", "--space", "{r}/bad_dist.yaml"], "gamma: uniform needs low < high"),
     ("unknown distribution", ["-m", "tuner.search", "--space", "{r}/bad_dist_name.yaml"], "unknown distribution 'normal'"),
@@ -72,7 +81,7 @@ CASES = [  # (id, argv, what the line must say)
     ("zero epochs", S + ["--epochs", "0"], "epochs: 0 is out of range"),
     ("negative epochs", S + ["--epochs", "-3"], "epochs: -3 is out of range"),
     ("wrong type", S + ["--set", "alpha=abc"], "alpha: 'abc' has the wrong type; expected float"),
-    ("unknown model", S + ["--set", "student=resnet21"], "student: unknown value 'resnet21'"),
+    ("unknown model", S + ["--set", "student=resnet21"], "student: unknown value 'resnet21'; did you mean 'resnet"),
     ("unknown dataset", S + ["--dataset", "imagenet"], "dataset: unknown value 'imagenet'"),
     ("unknown init method", S + ["--set", "sparse_init=random"], "sparse_init: unknown value 'random'"),
     ("missing data folder", S + ["--dataset", "cifar10", "--data-dir", "{r}/missing"], "does not exist"),
@@ -90,7 +99,8 @@ CASES = [  # (id, argv, what the line must say)
     ("bad flag value", S + ["--num-samples", "x"], "invalid int value"),
     ("gpu on a machine without", S + ["--gpus-per-trial", "1"], "this Ray cluster has no GPU"),
     ("final: missing config", ["-m", "tuner.final", "--config", "{r}/nope.yaml"], "does not exist"),
-    ("final: unknown key", ["-m", "tuner.final", "--config", "{r}/final_bad.yaml"], "unknown config key 'alhpa'"),
+    ("final: unknown key", ["-m", "tuner.final", "--config", "{r}/final_bad.yaml"],
+     "unknown config key 'alhpa'; did you mean 'alpha'?"),
     ("checkpoint tampered", ["-m", "tuner.checkpoint", "{r}/tampered.sfkd"], "checksum does not match"),
     ("checkpoint truncated", ["-m", "tuner.checkpoint", "{r}/truncated.sfkd"], "checksum does not match"),
     ("checkpoint not ours", ["-m", "tuner.checkpoint", "{r}/garbage.pt"], "not an sfkd sparse checkpoint"),
@@ -132,3 +142,17 @@ def test_bad_input_gets_one_line_exit_2_and_leaves_recorded_results_untouched(ou
 
 def test_there_are_at_least_25_bad_inputs():
     assert len(CASES) >= 25
+
+
+def test_an_auto_teacher_near_chance_stops_the_search_before_anything_is_recorded(tmp_path):
+    # One SGD step (one epoch of 20 images) leaves the resnet8 teacher at chance on the 10 synthetic classes.
+    r = subprocess.run([sys.executable, *S, "--set", "teacher_epochs=1", "--set", "train_subset=20",
+                        "--storage-path", str(tmp_path / "runs")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    # Before it, only the teacher's own progress bar (stderr) and what the search found (stdout).
+    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("teacher resnet8:", "Token auth"))]
+    assert len(lines) == 1 and lines[0].startswith("error: teacher resnet8 (auto, 1 epochs) has test top-1")
+    assert "not clearly above chance (10.00% for 10 classes)" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["teachers"]  # no run folder left behind

@@ -8,17 +8,13 @@ from trainables.probe import attention_map, attention_probe, foreground_share, p
 from trainables.run import DistillRun
 from tuner.figures import DENSITY_CURVE_FILE, HEATMAP_FILE, LAYER_DENSITY_FILE, draw_run_figures, load_probe
 from tuner.report import importances, searched_keys
-from tuner.teacher import teacher_config, train_teacher
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory) -> Path:
-    """resnet8 trained for 3 epochs on the synthetic data (about 80% test top-1)."""
-    path = tmp_path_factory.mktemp("teacher") / "resnet8-synthetic.pt"
-    train_teacher(teacher_config("resnet8", "synthetic", 3, synthetic_size=1200), path, progress=False)
-    return path
+def trained_teacher(trained_teacher_file) -> Path:
+    return trained_teacher_file
 
 
 def test_attention_map_is_the_channel_mean_of_squared_activations():
@@ -79,3 +75,33 @@ def test_report_searches_only_differing_keys_and_skips_importances_with_too_few_
     assert importances(trials, ["gamma"]) is None
     trials.append({**trials[0], "trial_id": "t3", "best": 40.0, "params": {**trials[0]["params"], "gamma": "0.9"}})
     assert set(importances(trials, ["gamma"])) == {"gamma"}
+
+
+def test_a_report_over_tied_trials_is_built_with_its_importances_skipped_and_said_so(tmp_path):
+    # Every trial reaches the same val_acc: fANOVA finds no variance and Optuna raises. The report
+    # command the search recommends must still build everything else and exit 0.
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tuner import report as report_cli
+    from tuner.tracking import PARENT_TAG
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tied", artifact_location=str(tmp_path / "art"))
+    parent = client.create_run(exp, tags={"sfkd.kind": "search", mlflow.utils.mlflow_tags.MLFLOW_RUN_NAME: "tied"})
+    client.log_param(parent.info.run_id, "search.searcher", "optuna")
+    client.log_param(parent.info.run_id, "scheduler.max_t", "2")
+    for i in range(5):
+        child = client.create_run(exp, tags={PARENT_TAG: parent.info.run_id, "sfkd.trial_id": f"t{i}",
+                                             "sfkd.status": "completed"})
+        client.log_param(child.info.run_id, "gamma", str(0.1 * (i + 1)))
+        for step in (1, 2):
+            client.log_metric(child.info.run_id, "val_acc", 10.0, step=step)
+        client.log_metric(child.info.run_id, "best_val_acc", 10.0)
+    rc = report_cli.main(["--experiment", "tied", "--tracking-uri", uri, "--out", str(tmp_path / "report")])
+    assert rc == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Importances skipped: Optuna could not compute them" in page
+    assert (tmp_path / "report" / "learning_curves.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "report" / "param_importances.png").exists()

@@ -30,7 +30,7 @@ def test_teacher_training_bar_moves_every_batch_and_names_the_epoch(tmp_path, ca
     from tuner.teacher import teacher_config, train_teacher
 
     cfg = teacher_config("resnet8", "synthetic", 2, synthetic_size=300, batch_size=32)
-    batches = len(DistillRun(cfg, full_train=True).train_loader)
+    batches = len(DistillRun(cfg).train_loader)  # a teacher trains on the training split by default
     assert batches > 2  # else "moves every batch" would not differ from "moves every epoch"
     train_teacher(cfg, tmp_path / "t.pt")
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()

@@ -23,7 +23,8 @@ def _children(uri, experiment="smoke"):
 
 
 @pytest.mark.slow
-def test_diverging_and_failing_trials_are_reported_and_the_search_goes_on(ray_session, tmp_path, monkeypatch):
+def test_diverging_and_failing_trials_are_reported_and_the_search_goes_on(ray_session, tmp_path, monkeypatch,
+                                                                         trained_teacher_file):
     import faults
 
     cloudpickle.register_pickle_by_value(faults)
@@ -34,7 +35,7 @@ def test_diverging_and_failing_trials_are_reported_and_the_search_goes_on(ray_se
                       "--name", "faults", "--quiet", "--set", "lr={grid: [0.05, 0.1, 1000000.0]}",
                       "--set", "search.searcher=grid", "--set", "search.num_samples=1", "--set", "scheduler.type=fifo",
                       "--set", "beta=0.5", "--set", "gamma=0.5", "--set", "bg_weight=0.4", "--set", "synthetic_size=400",
-                      "--epochs", "2", "--set", "search.max_failures=1"])
+                      "--epochs", "2", "--set", "search.max_failures=1", "--set", f"teacher={trained_teacher_file}"])
     assert rc == 0
     client, parents, children = _children(uri)
     by_lr = {c.data.params["lr"]: c for c in children}

@@ -122,7 +122,7 @@ def _kill_cluster(temp_dir: str, port: int) -> None:
 
 
 @pytest.mark.slow
-def test_search_on_a_two_node_ray_cluster_runs_trials_on_both_nodes(tmp_path):
+def test_search_on_a_two_node_ray_cluster_runs_trials_on_both_nodes(tmp_path, trained_teacher_file):
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under it
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -136,7 +136,7 @@ def test_search_on_a_two_node_ray_cluster_runs_trials_on_both_nodes(tmp_path):
                             "--storage-path", str(tmp_path / "runs"), "--name", "cluster", "--tracking-uri",
                             f"sqlite:///{tmp_path}/mlflow.db", "--num-samples", "4", "--max-concurrent", "2",
                             "--cpus-per-trial", "1", "--epochs", "2", "--set", "scheduler.type=fifo",
-                            "--set", "synthetic_size=400", "--quiet"],
+                            "--set", "synthetic_size=400", "--set", f"teacher={trained_teacher_file}", "--quiet"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
         nodes = set()

@@ -2,9 +2,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from trainables.precision import resolve_precision
 from trainables.sparsity import load_sparse
 from tuner import checkpoint, export, final, heatmaps, search
 from tuner import report as report_cli
@@ -36,6 +38,8 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
         assert steps == list(range(1, ran + 1))
         assert child.data.params["density"] == "0.5"
+        # The precision the trial really used (auto resolves on the worker's hardware).
+        assert child.data.params["precision_used"] == resolve_precision("auto", torch.device("cpu"))
         statuses.append(child.data.tags["sfkd.status"])
     assert "stopped_early" in statuses and "completed" in statuses  # ASHA stopped some before max_t=3
 
@@ -126,11 +130,13 @@ def test_every_trial_logs_heatmaps_and_density_figures_and_the_search_logs_its_r
 
 
 @pytest.mark.slow
-def test_four_trials_share_one_gpu_at_a_quarter_each_and_train_on_cpu_without_cuda(ray_session, tmp_path):
+def test_four_trials_share_one_gpu_at_a_quarter_each_and_train_on_cpu_without_cuda(ray_session, tmp_path,
+                                                                                  trained_teacher_file):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     rc = search.main(["--space", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
                       "--name", "gpu", "--gpus-per-trial", "0.25", "--num-samples", "4", "--max-concurrent", "4",
-                      "--epochs", "2", "--set", "scheduler.type=fifo", "--set", "synthetic_size=400", "--quiet"])
+                      "--epochs", "2", "--set", "scheduler.type=fifo", "--set", "synthetic_size=400",
+                      "--set", f"teacher={trained_teacher_file}", "--quiet"])
     assert rc == 0
     client, parents, runs = _runs(uri, "smoke")
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]

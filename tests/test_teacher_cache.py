@@ -6,6 +6,7 @@ import torch
 from trainables import DistillRun
 from trainables.data import load_splits
 from trainables.data.augment import normalize, view_batch, view_params
+from trainables.precision import autocast
 from trainables.teacher_cache import open_teacher_cache
 
 BASE = dict(dataset="synthetic", synthetic_size=400, student="resnet8", teacher_arch="resnet8", epochs=3,
@@ -84,8 +85,11 @@ def test_cached_teacher_outputs_equal_a_fresh_teacher_forward_on_the_same_view(t
     idx = torch.tensor([0, 5, 17, 42, len(run.data.train_x) - 1])
     x = normalize(view_batch(run.train_loader.images, idx, view_params(len(run.data.train_x), 1, 1)),
                   torch.tensor(run.data.mean), torch.tensor(run.data.std))
-    with torch.inference_mode():
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(run.device, run.precision):  # the run's own arithmetic
         logits, feats = run.teacher(x, return_features=True)
+    logits, feats = logits.float(), [f.float() for f in feats]
     for got, want in ((cached["logits"][idx], logits), (cached["stage0"][idx], feats[-1])):
         assert got.dtype == torch.float16
         # Stored as the fp16 rounding of the teacher's fp32 output (11 significant bits).

@@ -1,11 +1,13 @@
 """The one config schema. Its field names are the keys of search spaces and exported YAML."""
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
 
 from trainables.data.splits import DATASETS
 from trainables.models import model_names
+from trainables.precision import MEMORY_FORMATS, PRECISIONS
 from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.schedule import SCHEDULES
 
@@ -22,6 +24,12 @@ NEEDS_TEACHER = ("sfkd", "kd", "fitnet", "at", "sp")
 
 class ConfigError(ValueError):
     """A config key that is unknown, of the wrong type or out of range."""
+
+
+def did_you_mean(word, options) -> str:
+    """'; did you mean 'alpha'?' for a near miss among `options`, else ''."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass
@@ -76,6 +84,10 @@ class DistillConfig:
     lr_decay: float = 0.1
     seed: int = 0
     device: str = "auto"
+    # bf16 autocast on CUDA and on CPUs with native bf16 (auto), or fp32 / bf16 everywhere. The precision
+    # a run really used is recorded with its results and checkpoint.
+    precision: str = "auto"
+    memory_format: str = "auto"  # channels_last on CUDA and with CPU bf16; contiguous for CPU fp32
     # Speed levers that must not change the numbers (tests compare them with the plain path)
     compile: bool = False  # torch.compile the training forward of student and teacher
     compile_backend: str = "inductor"
@@ -98,7 +110,7 @@ class DistillConfig:
     def from_dict(cls, values: dict) -> "DistillConfig":
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r}")
+            raise ConfigError(f"unknown config key {unknown[0]!r}{did_you_mean(unknown[0], cls.keys())}")
         hints = typing.get_type_hints(cls)
         coerced = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
         return cls(**coerced)
@@ -141,6 +153,8 @@ class DistillConfig:
         _one_of("prune_schedule", self.prune_schedule, SCHEDULES)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("compile_backend", self.compile_backend, COMPILE_BACKENDS)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("memory_format", self.memory_format, MEMORY_FORMATS)
         for k in ("alpha", "beta", "gamma", "at_weight", "sp_weight", "weight_decay", "momentum"):
             _in_range(k, getattr(self, k), 0.0, float("inf"))
         _in_range("bg_weight", self.bg_weight, 0.0, float("inf"))
@@ -167,6 +181,9 @@ class DistillConfig:
                                   f"so student ({self.student}) must equal teacher_arch ({self.teacher_arch})")
             if self.prune_schedule in ("iterative", "cubic") and self.sparse_init != "magnitude":
                 raise ConfigError(f"prune_schedule {self.prune_schedule} prunes by magnitude; set sparse_init: magnitude")
+        if self.dataset == "synthetic" and self.data_dir:
+            raise ConfigError(f"data_dir {self.data_dir} is given but dataset is synthetic, which reads no folder; "
+                              f"set the dataset too (--dataset imagefolder, cifar10 or cifar100)")
         if self.teacher == "none" and (self.method in NEEDS_TEACHER or self.sparse_init == "magnitude"):
             raise ConfigError(f"method {self.method} with sparse_init {self.sparse_init} needs a teacher; teacher is 'none'")
 
@@ -177,7 +194,8 @@ class DistillConfig:
 
 def _one_of(key, value, allowed):
     if value not in allowed:
-        raise ConfigError(f"{key}: unknown value {value!r}; expected one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}: unknown value {value!r}{did_you_mean(value, allowed)} "
+                          f"(expected one of {', '.join(map(str, allowed))})")
 
 
 def _in_range(key, value, lo, hi, lo_open=False, hi_open=False):

@@ -13,6 +13,7 @@ from trainables.data import DataSplits, DeviceLoader, load_splits
 from trainables.data.augment import normalize
 from trainables.losses import Connector, at_loss, check_fg_size, kd_loss, match_spatial, sfkd_parts, sp_loss
 from trainables.models import create_model
+from trainables.precision import autocast, resolve_memory_format, resolve_precision
 from trainables.probe import attention_probe, layer_densities
 from trainables.sparsity import (
     apply_masks,
@@ -26,6 +27,7 @@ from trainables.sparsity import (
 from trainables.teacher import load_teacher
 
 LOSS_PARTS = ("ce", "kd", "fg", "bg", "at", "sp")
+EXPLODED = 1000.0  # an epoch's loss this many times the first epoch's means the run has diverged
 
 
 def as_config(config) -> DistillConfig:
@@ -85,6 +87,8 @@ class DistillRun:
         nc = self.data.num_classes
         check_feature_config(cfg, nc, self.data.image_size)
         self.cuda = self.device.type == "cuda"
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.channels_last = resolve_memory_format(cfg.memory_format, self.device, self.precision)
         self.teacher, self.teacher_info = teacher, {}
         if self.teacher is None and cfg.uses_teacher:
             if cfg.teacher in ("auto", "none"):
@@ -102,7 +106,7 @@ class DistillRun:
         if cfg.sparse_init == "magnitude":
             self.student.load_state_dict(self.teacher.state_dict())
         self.connectors = self._build_connectors(nc)
-        if self.cuda:
+        if self.channels_last:
             self.student.to(memory_format=torch.channels_last)
             if self.teacher is not None:
                 self.teacher.to(memory_format=torch.channels_last)
@@ -121,11 +125,12 @@ class DistillRun:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
                                          self.data.std, self.device, train=True, generator=self.generator,
-                                         channels_last=self.cuda)
+                                         channels_last=self.channels_last)
         self.epoch = 0
         self.best = {}
         self.density_history: list[tuple[int, float]] = []  # (epoch, measured density), drawn for iterative pruning
         self.last_probe: dict | None = None
+        self.first_loss: float | None = None  # the reference an exploding loss is measured against
         self._teacher_maps = None
 
     # -- construction -------------------------------------------------------------------------
@@ -164,7 +169,7 @@ class DistillRun:
             return None
         return self.cache.load(view) or self.cache.fill(
             view, self.teacher, self.train_loader.images, self.data.mean, self.data.std, self._distilled_stages(),
-            autocast_cuda=self.cuda)
+            autocast=lambda: autocast(self.device, self.precision), channels_last=self.channels_last)
 
     def learning_rate(self, epoch: int) -> float:
         """The lr of a 0-based epoch: multistep with milestones scaled to the budget, or cosine.
@@ -287,7 +292,7 @@ class DistillRun:
         view = self.view_of(self.epoch)
         cached = self._cached_teacher_view(view)
         for x, y, idx in self.train_loader.batches(view, self.cfg.seed):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            with autocast(self.device, self.precision):
                 t_logits, t_feats = self._teacher_outputs(x, cached, idx)
                 loss, parts, logits = self._losses(x, y, t_logits, t_feats)
             self.optimizer.zero_grad(set_to_none=True)
@@ -309,9 +314,12 @@ class DistillRun:
         metrics = {"epoch": self.epoch, "loss": values["loss"], "train_acc": 100.0 * values["correct"], "lr": lr,
                    "density": self.measured_density(), "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
         metrics.update({f"loss_{k}": values[k] for k in LOSS_PARTS})
+        metrics["precision"] = self.precision  # what this run really used (auto resolves per machine)
         if self.cache is not None:
             metrics["teacher_cache_hit"] = float(cached is not None)
-        metrics["diverged"] = not math.isfinite(values["loss"])
+        if self.first_loss is None:
+            self.first_loss = values["loss"]
+        metrics["diverged"] = not math.isfinite(values["loss"]) or values["loss"] > EXPLODED * abs(self.first_loss)
         return metrics
 
     @torch.inference_mode()
@@ -322,13 +330,15 @@ class DistillRun:
         if len(x) == 0:
             raise ValueError(f"the {split} split is empty")
         model = model or self.student
+        if self.channels_last:  # the layout of the batches below, as in training
+            model.to(memory_format=torch.channels_last)
         was_training = model.training
         model.eval()
         loader = DeviceLoader(x, y, 500, self.data.mean, self.data.std, self.device, train=False,
-                              channels_last=self.cuda)
+                              channels_last=self.channels_last)
         top1 = top5 = loss = 0.0
         for xb, yb in loader:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            with autocast(self.device, self.precision):
                 logits = model(xb).float()
             loss += F.cross_entropy(logits, yb, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -383,6 +393,8 @@ class DistillRun:
             "current_density": self.current_density,
             "best": dict(self.best),
             "density_history": list(self.density_history),
+            "precision": self.precision,
+            "first_loss": self.first_loss,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
 
@@ -395,6 +407,7 @@ class DistillRun:
         self.current_density = float(state["current_density"])
         self.best = dict(state["best"])
         self.density_history = [tuple(e) for e in state.get("density_history", [])]
+        self.first_loss = state.get("first_loss")
         self.generator.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         self.check_sparsity()

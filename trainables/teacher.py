@@ -63,6 +63,19 @@ def check_never_saw_validation(info: dict, path, dataset: str, split_seed: int, 
     return None
 
 
+def check_worth_distilling(info: dict, name: str, num_classes: int) -> None:
+    """Raise TeacherError when a teacher's recorded test accuracy is under twice chance: every student
+    distilled from it would learn noise (files that record no accuracy are not judged)."""
+    acc = info.get("test_acc")
+    chance = 100.0 / num_classes
+    if acc is None or acc >= 2 * chance:
+        return
+    raise TeacherError(
+        f"teacher {name} has test top-1 {acc:.2f}%, not clearly above chance ({chance:.2f}% for {num_classes} "
+        f"classes); give it more teacher_epochs (--set teacher_epochs=N; --epochs caps an auto teacher) or a "
+        f"trained teacher file (python -m tuner.teacher, then --set teacher=FILE)")
+
+
 def load_teacher(path, arch: str, num_classes: int, device="cpu") -> tuple[nn.Module, dict]:
     """A frozen teacher in eval mode, checked against the expected architecture and class count."""
     blob = read_teacher_file(path)

@@ -12,6 +12,7 @@ Files, under `<cache_dir>/<key>/`: `view<v>.logits` (N x K) and `view<v>.stage<s
 raw fp16 (the training loop rounds on-the-fly teacher outputs through fp16 too). Size per view:
 N * (K + sum of C*H*W over the distilled stages) * 2 bytes.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -82,7 +83,7 @@ class TeacherCache:
 
     @torch.inference_mode()
     def fill(self, view: int, teacher: nn.Module, images: torch.Tensor, mean, std, stages: list[int],
-             batch: int = 500, autocast_cuda: bool = False) -> dict[str, torch.Tensor] | None:
+             batch: int = 500, autocast=contextlib.nullcontext, channels_last: bool = False) -> dict[str, torch.Tensor] | None:
         """Compute and publish a view unless it exists or another trial is computing it right now
         (then None: the caller runs the teacher on the fly for this epoch)."""
         if view >= self.cached_views:
@@ -101,7 +102,9 @@ class TeacherCache:
             for start in range(0, self.n, batch):
                 idx = torch.arange(start, min(start + batch, self.n), device=dev)
                 x = normalize(view_batch(images, idx, params), torch.as_tensor(mean), torch.as_tensor(std))
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_cuda):
+                if channels_last:  # the layout the training loop feeds the teacher, so the same numbers
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast():
                     logits, feats = teacher(x, return_features=True)
                 parts["logits"][start:start + len(idx)] = logits.float().cpu().half()
                 for i, s in enumerate(stages):

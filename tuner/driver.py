@@ -13,7 +13,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from trainables import SFKDTrainable
 from trainables.config import DistillConfig
 from trainables.sparsity.checkpoint import read_header
-from trainables.teacher import read_teacher_file
+from trainables.teacher import check_worth_distilling, read_teacher_file
 from tuner.export import write_best_config
 from tuner.progress import TrialPrinter
 from tuner.report import log_report
@@ -31,13 +31,14 @@ def code_version() -> str:
         return "unknown"
 
 
-def resolve_teacher(space, storage: Path, tracker: SearchTracker, log: bool = True) -> None:
-    """`teacher: auto` -> train the dense teacher once, cache it by its recipe, log it to the parent."""
+def resolve_teacher(space, storage: Path) -> tuple[Path, float] | None:
+    """`teacher: auto` -> train the dense teacher once (cached by its recipe) and return (file, test top-1).
+    A teacher too weak to distil from stops the search here, before anything is recorded."""
     cfg = space.config
     if cfg.get("teacher", "auto") != "auto":
         if cfg.get("teacher") != "none":
             cfg["teacher"] = str(Path(cfg["teacher"]).expanduser().resolve())
-        return
+        return None
     for key in ("teacher_arch", "teacher_epochs", "dataset", "split_seed", "val_fraction"):
         if key in space.params:
             raise ValueError(f"{key} must be fixed when teacher is auto")
@@ -58,10 +59,9 @@ def resolve_teacher(space, storage: Path, tracker: SearchTracker, log: bool = Tr
         path, acc = train_teacher(tcfg, path, train_on="train")
         print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> {path}", flush=True)
     cfg["teacher"] = str(path)
-    if log:
-        tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": acc}, step=0)
-        tracker.log_artifact(tracker.parent_id, str(path), "teacher")
-        tracker.set_tags(tracker.parent_id, {"sfkd.teacher": path.name})
+    check_worth_distilling({"test_acc": acc}, f"{base.teacher_arch} (auto, {epochs} epochs)",
+                           read_teacher_file(path)["num_classes"])
+    return path, acc
 
 
 class PrintCallback(Callback):
@@ -104,6 +104,7 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
     trainable = SFKDTrainable
     run_dir = storage / name
     uri = normalise_uri(args.tracking_uri) if args.tracking_uri or not resume else resume["tracking_uri"]
+    teacher = resolve_teacher(space, storage)
     tracker = SearchTracker(uri, experiment=space.name, run_dir=run_dir)
     if resume:
         tracker.resume_parent(resume["parent_run_id"])
@@ -121,7 +122,10 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
                  "tracking_uri": uri, "experiment": space.name, "argv": argv}
         (run_dir / "search.json").write_text(json.dumps(state, indent=2))
         print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{space.name}' at {uri}", flush=True)
-    resolve_teacher(space, storage, tracker, log=not resume)
+    if teacher and not resume:
+        tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[1]}, step=0)
+        tracker.log_artifact(tracker.parent_id, str(teacher[0]), "teacher")
+        tracker.set_tags(tracker.parent_id, {"sfkd.teacher": teacher[0].name})
 
     s, sch = space.search, space.scheduler
     printer = TrialPrinter(sch["max_t"], s["metric"], s["mode"])
@@ -186,6 +190,10 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
         tracker.set_tags(run_id, {"sfkd.checkpoint.density": f"{head['measured_density']:.6f}",
                                   "sfkd.checkpoint.nonzero_params": head["nonzero_params"],
                                   "sfkd.checkpoint.size_bytes": f.stat().st_size})
+    used = sorted({r.metrics.get("precision") for _, r in ranked if r.metrics.get("precision")})
+    if len(used) > 1:  # `precision: auto` resolves per machine; a mixed cluster compares unlike arms
+        print(f"warning: trials ran at different precisions ({', '.join(used)}); set precision: fp32 or bf16 "
+              f"to compare them at one", file=sys.stderr)
     best_value, best = ranked[0]
     config = {k: v for k, v in best.config.items()}
     out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
@@ -203,6 +211,14 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
               f"python -m tuner.report --experiment {space.name}", file=sys.stderr)
     tracker.end(tracker.parent_id)
     report_pending(tracker, run_dir)
+    ui_uri = tracker.uri if not tracker.uri.startswith(("http://", "https://")) else None
+    print("next:", flush=True)
+    if ui_uri:
+        print(f"  mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1    # review the trials", flush=True)
+    print(f"  python -m tuner.export --experiment {space.name} --tracking-uri {tracker.uri} --out best.yaml"
+          f"    # the best config again, from MLflow alone", flush=True)
+    print(f"  python -m tuner.final --config {out} --tracking-uri {tracker.uri}    # train it on train+val, test it",
+          flush=True)
     return 0
 
 

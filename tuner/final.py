@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     tags = {"sfkd.kind": "final"}
     if header.get("search_run_id"):
         tags["sfkd.search_run_id"] = header["search_run_id"]
-    run_id = tracker.start_parent(f"final-{cfg.student}-d{cfg.density:g}", cfg.to_dict(), tags)
+    run_id = tracker.start_parent(f"final-{cfg.student}-d{cfg.density:g}", {**cfg.to_dict(), "precision_used": run.precision},
+                                  tags)
     tracker.log_artifact(run_id, str(path), "config")
 
     bar = training_bar(cfg.epochs, len(run.train_loader), f"final {cfg.student}")
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
 
     state = run.state_dict()
     ckpt = out / "student.sfkd"
-    head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict())
+    head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict(),
+                       extra={"precision": run.precision})
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
     torch.save(run.last_probe, out / PROBE_FILE)
     log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")

@@ -216,11 +216,16 @@ def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
     files = [curves_figure(trials, out_dir / CURVES_FILE, max_t)]
     pfig = params_figure(trials, keys, out_dir / PARAMS_FILE)
     files += [pfig] if pfig else []
-    imp = importances(trials, keys) if params.get("search.searcher", "optuna") == "optuna" else None
+    imp, skipped = None, (f"Importances need Optuna as the searcher and at least {MIN_TRIALS_FOR_IMPORTANCE} "
+                          "finished trials.")
+    if params.get("search.searcher", "optuna") == "optuna":
+        try:
+            imp = importances(trials, keys)
+        except (RuntimeError, ValueError) as e:  # e.g. every trial tied: fANOVA has no variance to split
+            skipped = f"Importances skipped: Optuna could not compute them ({e})."
     ifig = importance_figure(imp, len(finished(trials)), out_dir / IMPORTANCE_FILE) if imp else None
     files += [ifig] if ifig else []
-    note = ("Importances need Optuna as the searcher and at least "
-            f"{MIN_TRIALS_FOR_IMPORTANCE} finished trials." if imp is None else
+    note = (skipped if imp is None else
             "Importances: Optuna's fANOVA on each trial's best val_acc (a trial stopped early counts with "
             "the best it reached).")
     counts = {s: sum(t["status"] == s for t in trials) for s in sorted({t["status"] for t in trials})}

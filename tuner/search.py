@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -123,28 +124,29 @@ def find_previous(storage: Path, space_name: str, name: str | None) -> Path:
 
 
 def preflight(space) -> None:
-    """Data and teacher files are checked before anything is recorded or any trial starts."""
+    """Data and teacher files are checked before anything is recorded or any trial starts, and the
+    console says what data the search will train on."""
     from trainables.config import DistillConfig
-    from trainables.data.splits import NUM_CLASSES, locate_data
-    from trainables.teacher import check_never_saw_validation, load_teacher
+    from trainables.data.splits import load_splits, locate_data
+    from trainables.teacher import check_never_saw_validation, check_worth_distilling, load_teacher
 
     cfg = DistillConfig.from_dict(space.config)
     if "dataset" in space.params or "data_dir" in space.params:
         return
     kind, root = locate_data(cfg.dataset, cfg.data_dir, cfg.download)
-    if cfg.teacher in ("auto", "none") or "teacher" in space.params:
+    data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.train_subset, cfg.val_subset,
+                       cfg.download, cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size)
+    where = f" from {root}" if root else " (generated)"
+    print(f"data: {cfg.dataset}{where}: {len(data.train_x):,} training / {len(data.val_x):,} validation / "
+          f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}",
+          flush=True)
+    if cfg.teacher in ("auto", "none") or "teacher" in space.params or "teacher_arch" in space.params:
         return
-    if kind == "synthetic":
-        num_classes = cfg.synthetic_classes
-    elif kind == "tree":
-        num_classes = sum(1 for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
-    else:
-        num_classes = NUM_CLASSES[cfg.dataset]
-    if "teacher_arch" not in space.params:
-        _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, num_classes)
-        warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
-        if warning:
-            print(warning, file=sys.stderr)
+    _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes)
+    check_worth_distilling(info, Path(cfg.teacher).name, data.num_classes)
+    warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -185,9 +187,15 @@ def main(argv=None) -> int:
         run_dir.rmdir()  # nothing ran: leave no empty run folder behind
         raise
 
+    from tuner.cli import USER_ERRORS
     from tuner.driver import run_search
 
-    return run_search(space, storage, name, a, argv)
+    try:
+        return run_search(space, storage, name, a, argv)
+    except USER_ERRORS:
+        if not (run_dir / "search.json").exists():  # refused before anything was recorded: no folder left
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 if __name__ == "__main__":

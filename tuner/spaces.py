@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from trainables.config import ConfigError, DistillConfig
+from trainables.config import ConfigError, DistillConfig, did_you_mean
 from trainables.data.splits import NUM_CLASSES
 from trainables.run import check_feature_config
 from tuner.cli import UsageError
@@ -56,7 +56,8 @@ def resolve_space(name: str) -> Path:
         return p.resolve()
     p = SPACES_DIR / f"{name}.yaml"
     if not p.is_file():
-        raise SpaceError(f"unknown space {name!r}; expected one of {', '.join(available_spaces())} or a .yaml path")
+        raise SpaceError(f"unknown space {name!r}{did_you_mean(name, available_spaces())} "
+                         f"(expected one of {', '.join(available_spaces())} or a .yaml path)")
     return p
 
 
@@ -143,7 +144,7 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
     fixed, params = {}, {}
     for key, value in config.items():
         if key not in keys:
-            raise SpaceError(f"{where}: config.{key}: unknown config key")
+            raise SpaceError(f"{where}: config.{key}: unknown config key{did_you_mean(key, keys)}")
         if isinstance(value, dict):
             _check_distribution(where, key, value)
             params[key] = value

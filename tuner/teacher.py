@@ -36,7 +36,8 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on
     bar.close()
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
                  test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed, trained_on=train_on,
-                 split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset)
+                 split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
+                 precision=run.precision)
     return Path(out), test["acc"]
 
 

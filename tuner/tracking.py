@@ -247,6 +247,8 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
+        if trial.trial_id not in self.last and "precision" in result:  # the first result this process sees
+            self.tracker.log_params(run_id, {"precision_used": result["precision"]})
         self.last[trial.trial_id] = result
         self.tracker.log_epoch(run_id, numeric_metrics(result), int(result.get("epoch", 0)))
         if result.get("status") == "diverged":

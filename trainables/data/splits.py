@@ -1,4 +1,5 @@
 """One place that turns a dataset name into train / val / test uint8 tensors."""
+import difflib
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -95,7 +96,9 @@ def locate_data(dataset: str, data_dir: str | None, download: bool = False) -> t
     """Where a dataset's files are, checked without decoding them: ("synthetic", None),
     ("tree", ImageFolder root) or ("torchvision", root). Raises DataError with what is missing."""
     if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        close = difflib.get_close_matches(dataset, DATASETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise DataError(f"unknown dataset {dataset!r}{hint} (expected one of {', '.join(DATASETS)})")
     if dataset == "synthetic":
         return "synthetic", None
     if not data_dir:
