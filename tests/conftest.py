@@ -74,5 +74,5 @@ def smoke_search(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke_search")
     uri = f"sqlite:///{root}/mlflow.db"
     rc = search.main(["--space", "smoke", "--storage-path", str(root / "runs"), "--tracking-uri", uri,
-                      "--name", "e2e", "--quiet"])
-    return SimpleNamespace(rc=rc, root=root, uri=uri, run_dir=root / "runs" / "e2e")
+                      "--name", "e2e", "--experiment", "smoke-e2e", "--quiet"])
+    return SimpleNamespace(rc=rc, root=root, uri=uri, run_dir=root / "runs" / "e2e", experiment="smoke-e2e")

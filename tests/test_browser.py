@@ -109,7 +109,7 @@ def test_the_mlflow_ui_lists_the_search_and_its_trials_and_opens_the_report_and_
     from selenium.webdriver.common.by import By
 
     client = MlflowClient(smoke_search.uri)
-    exp = client.get_experiment_by_name("smoke")
+    exp = client.get_experiment_by_name(smoke_search.experiment)
     parent = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'search'")[0]
     children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     d = chromium

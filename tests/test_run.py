@@ -117,3 +117,29 @@ def test_compiled_and_eager_training_give_matching_losses(tiny_teacher_file, bac
     compiled = _first_losses({**cfg, "compile": True, "compile_backend": backend}, 5)
     # aot_eager runs the same kernels; inductor fuses them, so its sums round differently.
     assert compiled == pytest.approx(eager, rel=1e-6 if backend == "aot_eager" else 1e-3)
+
+
+def test_a_loss_that_is_not_finite_or_explodes_past_1000x_the_first_epochs_is_divergence():
+    from trainables.run import divergence
+
+    assert divergence(float("nan"), 2.0) == "loss became nan"
+    assert divergence(float("inf"), None) == "loss became inf"
+    assert divergence(2001.0, 2.0).startswith("loss exploded to 2001, 1000x the first epoch's 2")
+    assert divergence(1999.0, 2.0) is None  # 999.5x: large, but not orders of magnitude
+    assert divergence(5.0, None) is None  # the first epoch is its own reference
+
+
+def test_an_exploding_run_reports_diverged_with_its_reason(tiny_teacher_file):
+    cfg = {**TINY, "teacher": str(tiny_teacher_file), "epochs": 2, "synthetic_size": 200}
+    run = DistillRun(cfg)
+    first = run.step()
+    assert not first["diverged"] and run.first_loss == first["loss"]
+    # Resumed from a state whose first epoch's loss was 10^4 times smaller than this run's: the next
+    # epoch's loss is then "orders of magnitude above its first epoch's".
+    state = run.state_dict()
+    state["first_loss"] = first["loss"] / 1e4
+    run = DistillRun(cfg)
+    run.load_state_dict(state)
+    second = run.step()
+    assert second["diverged"] and second["diverged_reason"].startswith("loss exploded to ")
+    assert second["diverged_reason"].endswith("at epoch 2") and "val_acc" not in second

@@ -1,6 +1,8 @@
 """The search end to end: real Ray, real MLflow sqlite store, real training on synthetic data."""
+import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 import yaml
@@ -27,7 +29,8 @@ def _runs(uri, experiment):
 def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnable_best_config(smoke_search, tmp_path):
     uri = smoke_search.uri
     assert smoke_search.rc == 0
-    client, parents, runs = _runs(uri, "smoke")
+    client, parents, runs = _runs(uri, smoke_search.experiment)
+    assert client.get_experiment_by_name("smoke") is None  # --experiment named it, not the space
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
@@ -60,17 +63,22 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     assert (recipe["trained_on"], recipe["split_seed"], recipe["val_fraction"]) == ("train", 0, 0.1)
     assert parent.data.metrics["best_val_acc"] == pytest.approx(best.data.metrics["best_val_acc"])
 
-    # tuner.export writes the same config again, from MLflow alone.
-    assert export.main(["--experiment", "smoke", "--tracking-uri", uri, "--out", str(tmp_path / "again.yaml")]) == 0
+    # tuner.export writes the same config again, from MLflow alone: by experiment or by the search's run id.
+    assert export.main(["--experiment", smoke_search.experiment, "--tracking-uri", uri,
+                        "--out", str(tmp_path / "again.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "again.yaml").read_text()) == cfg
+    assert export.main(["--run", parent.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "by_run.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "by_run.yaml").read_text()) == cfg
 
     # tuner.checkpoint verifies the uploaded sparse checkpoint and exports it dense.
     assert checkpoint.main([local, "--dense", str(tmp_path / "dense.pt")]) == 0
     assert (tmp_path / "dense.pt").stat().st_size > 0
 
-    rc = final.main(["--config", str(best_yaml), "--set", "epochs=1", "--tracking-uri", uri,
-                     "--out", str(tmp_path / "final")])
+    rc = final.main(["--config", str(best_yaml), "--set", "epochs=1", "--tracking-uri", uri])
     assert rc == 0
+    # With no --out, the final run writes under the search's --storage-path.
+    (final_dir,) = (smoke_search.root / "runs").glob("final-*")
+    assert (final_dir / "student.sfkd").is_file()
     finals = [r for r in client.search_runs([parent.info.experiment_id], "tags.`sfkd.kind` = 'final'")]
     assert len(finals) == 1 and "test_acc_last" in finals[0].data.metrics
     # The headline is the last epoch; a best epoch on test is only ever named as selection on test.
@@ -79,6 +87,20 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     assert finals[0].data.tags["sfkd.search_run_id"] == parent.info.run_id
     versions = client.search_model_versions("name = 'sfkd-resnet8-synthetic'")
     assert versions and versions[0].tags["density"].startswith("0.5")
+    # A user of the registered model needs neither the training data nor this code's dataset logic:
+    # the class names and the normalisation the model was trained with travel with it.
+    from trainables.data import load_splits
+
+    data = load_splits("synthetic", synthetic_size=cfg["synthetic_size"], full_train=True)
+    want = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std), "image_size": 32}
+    assert want["classes"] == [f"class{i}" for i in range(10)]
+    source = Path(mlflow.artifacts.download_artifacts(artifact_uri=versions[0].source, tracking_uri=uri,
+                                                       dst_path=str(tmp_path / "registered")))
+    assert json.loads((source / "preprocessing.json").read_text()) == pytest.approx(want)
+    _, _, registered_meta = load_sparse(source / "student.sfkd")
+    assert registered_meta["extra"]["preprocessing"] == pytest.approx(want)
+    assert [json.loads(versions[0].tags[k]) for k in ("classes", "mean", "std")] == pytest.approx(
+        [want["classes"], want["mean"], want["std"]])
     final_art = {f.path for f in client.list_artifacts(finals[0].info.run_id, "figures")}
     assert {"figures/attention_heatmaps.png", "figures/layer_density.png"} <= final_art
     assert_png(client.download_artifacts(finals[0].info.run_id, "figures/attention_heatmaps.png", str(tmp_path)))
@@ -97,7 +119,7 @@ def assert_png(path) -> None:
 
 @pytest.mark.slow
 def test_every_trial_logs_heatmaps_and_density_figures_and_the_search_logs_its_report(smoke_search, tmp_path):
-    client, parents, runs = _runs(smoke_search.uri, "smoke")
+    client, parents, runs = _runs(smoke_search.uri, smoke_search.experiment)
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     for child in children:
@@ -123,7 +145,7 @@ def test_every_trial_logs_heatmaps_and_density_figures_and_the_search_logs_its_r
     ids = [c.info.run_id for c in children[:3]]
     assert heatmaps.main(["--runs", *ids, "--tracking-uri", smoke_search.uri, "--out", str(out)]) == 0
     assert_png(out)
-    assert report_cli.main(["--experiment", "smoke", "--tracking-uri", smoke_search.uri, "--no-log",
+    assert report_cli.main(["--run", parent.info.run_id, "--tracking-uri", smoke_search.uri, "--no-log",
                             "--out", str(tmp_path / "rebuilt")]) == 0
     assert_png(tmp_path / "rebuilt" / "learning_curves.png")
     assert (tmp_path / "rebuilt" / "report.html").stat().st_size > 10_000
@@ -161,3 +183,15 @@ def test_export_picks_the_trial_the_search_chose_when_val_acc_ties(tmp_path):
     # Without the search's tag (an interrupted search), ties go to the smaller trial id.
     client.delete_tag(parent.info.run_id, "sfkd.best_trial")
     assert export.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "aaaa"
+
+
+def test_registered_model_names_say_which_data_they_were_trained_on():
+    from trainables.config import DistillConfig
+
+    def name(**kw):
+        return final.default_model_name(DistillConfig.from_dict({"student": "resnet20", **kw}))
+
+    assert name(dataset="cifar10") == "sfkd-resnet20-cifar10"
+    assert name(dataset="imagefolder", data_dir="/data/flowers/") == "sfkd-resnet20-flowers"
+    assert name(dataset="imagefolder", data_dir="/data/my birds.tar.gz") == "sfkd-resnet20-my-birds"
+    assert name(dataset="imagefolder", data_dir="/data/flowers") != name(dataset="imagefolder", data_dir="/data/cars")

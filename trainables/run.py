@@ -30,6 +30,16 @@ LOSS_PARTS = ("ce", "kd", "fg", "bg", "at", "sp")
 EXPLODED = 1000.0  # an epoch's loss this many times the first epoch's means the run has diverged
 
 
+def divergence(loss: float, first_loss: float | None) -> str | None:
+    """Why a run with this epoch loss has diverged (NaN/inf, or `EXPLODED` times its first epoch's
+    loss), or None while it is healthy."""
+    if not math.isfinite(loss):
+        return f"loss became {loss}"
+    if first_loss is not None and loss > EXPLODED * abs(first_loss):
+        return f"loss exploded to {loss:.4g}, {loss / abs(first_loss):.0f}x the first epoch's {first_loss:.4g}"
+    return None
+
+
 def as_config(config) -> DistillConfig:
     if isinstance(config, DistillConfig):
         return config
@@ -317,9 +327,12 @@ class DistillRun:
         metrics["precision"] = self.precision  # what this run really used (auto resolves per machine)
         if self.cache is not None:
             metrics["teacher_cache_hit"] = float(cached is not None)
-        if self.first_loss is None:
+        if self.first_loss is None and math.isfinite(values["loss"]):
             self.first_loss = values["loss"]
-        metrics["diverged"] = not math.isfinite(values["loss"]) or values["loss"] > EXPLODED * abs(self.first_loss)
+        reason = divergence(values["loss"], self.first_loss)
+        metrics["diverged"] = reason is not None
+        if reason:
+            metrics["diverged_reason"] = f"{reason} at epoch {self.epoch}"
         return metrics
 
     @torch.inference_mode()
@@ -382,6 +395,14 @@ class DistillRun:
     def check_sparsity(self) -> float:
         return check_density(self.student, self.masks, self.current_density)
 
+    @property
+    def preprocessing(self) -> dict:
+        """What a user of the trained student needs without the training data: the class names in label
+        order, the per-channel mean/std its inputs were normalised with (computed from the training
+        images for an ImageFolder dataset) and the image size."""
+        return {"classes": list(self.data.classes), "mean": [float(v) for v in self.data.mean],
+                "std": [float(v) for v in self.data.std], "image_size": self.data.image_size}
+
     def state_dict(self) -> dict:
         self.check_sparsity()
         return {
@@ -395,6 +416,7 @@ class DistillRun:
             "density_history": list(self.density_history),
             "precision": self.precision,
             "first_loss": self.first_loss,
+            "preprocessing": self.preprocessing,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
 

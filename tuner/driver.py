@@ -105,7 +105,8 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
     run_dir = storage / name
     uri = normalise_uri(args.tracking_uri) if args.tracking_uri or not resume else resume["tracking_uri"]
     teacher = resolve_teacher(space, storage)
-    tracker = SearchTracker(uri, experiment=space.name, run_dir=run_dir)
+    experiment = resume["experiment"] if resume else (getattr(args, "experiment", None) or space.name)
+    tracker = SearchTracker(uri, experiment=experiment, run_dir=run_dir)
     if resume:
         tracker.resume_parent(resume["parent_run_id"])
         print(f"search {name}: resuming MLflow run {tracker.parent_id} ({len(tracker.children)} trials recorded)",
@@ -119,9 +120,9 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
                                             "sfkd.code_version": code_version()})
         tracker.log_text(tracker.parent_id, space.text, f"space/{space.path.name}")
         state = {"space": space.name, "space_file": str(space.path), "parent_run_id": tracker.parent_id,
-                 "tracking_uri": uri, "experiment": space.name, "argv": argv}
+                 "tracking_uri": uri, "experiment": experiment, "argv": argv}
         (run_dir / "search.json").write_text(json.dumps(state, indent=2))
-        print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{space.name}' at {uri}", flush=True)
+        print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{experiment}' at {uri}", flush=True)
     if teacher and not resume:
         tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[1]}, step=0)
         tracker.log_artifact(tracker.parent_id, str(teacher[0]), "teacher")
@@ -197,7 +198,8 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     best_value, best = ranked[0]
     config = {k: v for k, v in best.config.items()}
     out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
-                            experiment=space.name, trial_id=best.metrics["trial_id"], val_acc=round(best_value, 4))
+                            experiment=tracker.experiment, trial_id=best.metrics["trial_id"],
+                            val_acc=round(best_value, 4), storage_path=run_dir.parent)
     tracker.log_artifact(tracker.parent_id, str(out))
     tracker.log_metrics(tracker.parent_id, {f"best_{metric}": best_value,
                                             "trials_finished": len(ranked), "trials_total": len(results)}, step=0)
@@ -208,14 +210,14 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
         print(f"report: {report[-1]}", flush=True)
     except Exception as e:  # noqa: BLE001 - the results are recorded; the report can be rebuilt later
         print(f"warning: report not built ({type(e).__name__}: {e}); rebuild it with "
-              f"python -m tuner.report --experiment {space.name}", file=sys.stderr)
+              f"python -m tuner.report --run {tracker.parent_id} --tracking-uri {tracker.uri}", file=sys.stderr)
     tracker.end(tracker.parent_id)
     report_pending(tracker, run_dir)
     ui_uri = tracker.uri if not tracker.uri.startswith(("http://", "https://")) else None
     print("next:", flush=True)
     if ui_uri:
         print(f"  mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1    # review the trials", flush=True)
-    print(f"  python -m tuner.export --experiment {space.name} --tracking-uri {tracker.uri} --out best.yaml"
+    print(f"  python -m tuner.export --run {tracker.parent_id} --tracking-uri {tracker.uri} --out best.yaml"
           f"    # the best config again, from MLflow alone", flush=True)
     print(f"  python -m tuner.final --config {out} --tracking-uri {tracker.uri}    # train it on train+val, test it",
           flush=True)

@@ -70,6 +70,22 @@ def latest_search_run(client: MlflowClient, experiment: str):
     return runs[0]
 
 
+def find_search_run(client: MlflowClient, experiment: str | None, run_id: str | None):
+    """The search (parent) run named by --run, else the latest search in --experiment."""
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - MLflow raises its own for an unknown id
+            raise UsageError(f"--run {run_id}: no such run at this tracking URI") from None
+        if run.data.tags.get("sfkd.kind") != "search":
+            raise UsageError(f"--run {run_id} is not a search's parent run (its tag sfkd.kind is "
+                             f"{run.data.tags.get('sfkd.kind', 'missing')})")
+        return run
+    if not experiment:
+        raise UsageError("give --experiment NAME (its latest search) or --run ID (a search's parent run)")
+    return latest_search_run(client, experiment)
+
+
 def best_child(client: MlflowClient, parent, metric: str = "best_val_acc"):
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                   max_results=5000)
@@ -85,18 +101,23 @@ def best_child(client: MlflowClient, parent, metric: str = "best_val_acc"):
 
 
 def main(argv=None) -> int:
-    p = OneLineParser(prog="python -m tuner.export",
-                      description="Write the best config of the latest search in an MLflow experiment as YAML.")
-    p.add_argument("--experiment", required=True, help="MLflow experiment name (the space name, e.g. sfkd_gamma)")
+    p = OneLineParser(prog="python -m tuner.export", description=(
+        "Write the best config of a search as YAML: the latest search in an MLflow experiment, or the one "
+        "whose parent run id --run gives."))
+    p.add_argument("--experiment", help="MLflow experiment name (default of a search: its space name, e.g. sfkd_gamma)")
+    p.add_argument("--run", help="a search's parent run id (instead of the latest search in --experiment)")
     p.add_argument("--out", default="best_config.yaml", help="output YAML (default best_config.yaml)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     a = p.parse_args(argv)
     client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
-    parent = latest_search_run(client, a.experiment)
+    parent = find_search_run(client, a.experiment, a.run)
     best = best_child(client, parent)
+    storage = parent.data.params.get("storage")
     out = write_best_config(Path(a.out).resolve(), config_from_params(best.data.params),
-                            search_run_id=parent.info.run_id, experiment=a.experiment,
-                            trial_id=best.data.tags.get("sfkd.trial_id"), val_acc=best.data.metrics["best_val_acc"])
+                            search_run_id=parent.info.run_id,
+                            experiment=client.get_experiment(parent.info.experiment_id).name,
+                            trial_id=best.data.tags.get("sfkd.trial_id"), val_acc=best.data.metrics["best_val_acc"],
+                            storage_path=Path(storage).parent if storage else None)
     print(f"best trial {best.data.tags.get('sfkd.trial_id')} (val_acc {best.data.metrics['best_val_acc']:.2f}) -> {out}")
     return 0
 

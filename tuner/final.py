@@ -1,5 +1,7 @@
 """python -m tuner.final --config best.yaml: train the exported config on train+val, test it, register it."""
+import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,6 +18,8 @@ from tuner.export import read_header
 from tuner.figures import log_run_figures
 from tuner.progress import epoch_postfix, training_bar
 from tuner.tracking import SearchTracker, normalise_uri
+
+PREPROCESSING_FILE = "preprocessing.json"  # class names, mean/std and image size, beside the checkpoint
 
 
 def load_config_file(path: Path, overrides: dict) -> DistillConfig:
@@ -45,15 +49,17 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. epochs=1")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the search's, else 'final')")
-    p.add_argument("--out", help="output folder (default sfkd_runs/final-<time>)")
-    p.add_argument("--model-name", help="registered model name (default sfkd-<student>-<dataset>)")
+    p.add_argument("--out", help="output folder (default final-<time> under the search's --storage-path, else sfkd_runs/)")
+    p.add_argument("--model-name", help="registered model name (default sfkd-<student>-<data>: the dataset, or the "
+                                        "folder's name for an ImageFolder dataset)")
     a = p.parse_args(argv)
     path = Path(a.config).resolve()
     cfg = load_config_file(path, parse_sets(a.set))
     if cfg.teacher == "auto":
         raise UsageError("teacher: auto; a final run needs the teacher file the search used")
     header = read_header(path)
-    out = Path(a.out or f"sfkd_runs/final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    storage = Path(header.get("storage_path") or "sfkd_runs")
+    out = Path(a.out or storage / f"final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     tracker = SearchTracker(normalise_uri(a.tracking_uri), a.experiment or header.get("experiment", "final"), out)
@@ -79,9 +85,9 @@ def main(argv=None) -> int:
                      img_s=f"{m['img_per_s']:.0f}")
         if m["diverged"]:
             bar.close()
-            tracker.set_tags(run_id, {"sfkd.status": "diverged"})
+            tracker.set_tags(run_id, {"sfkd.status": "diverged", "sfkd.reason": m["diverged_reason"]})
             tracker.end(run_id, "FAILED")
-            print(f"error: the loss became {m['loss']} at epoch {m['epoch']}; nothing registered", file=sys.stderr)
+            print(f"error: {m['diverged_reason']}; nothing registered", file=sys.stderr)
             return 1
     epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown)
     bar.close()
@@ -95,14 +101,19 @@ def main(argv=None) -> int:
     state = run.state_dict()
     ckpt = out / "student.sfkd"
     head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict(),
-                       extra={"precision": run.precision})
+                       extra={"precision": run.precision, "preprocessing": run.preprocessing})
+    (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
+    tracker.log_artifact(run_id, str(out / PREPROCESSING_FILE), "checkpoint")
     torch.save(run.last_probe, out / PROBE_FILE)
     log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")
-    model_name = a.model_name or f"sfkd-{cfg.student}-{cfg.dataset}"
+    model_name = a.model_name or default_model_name(cfg)
+    pre = run.preprocessing
     registered = register(tracker, run_id, model_name, {
         "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],
-        "test_acc_last": f"{summary['test_acc_last']:.2f}", "size_bytes": ckpt.stat().st_size})
+        "test_acc_last": f"{summary['test_acc_last']:.2f}", "size_bytes": ckpt.stat().st_size,
+        "classes": json.dumps(pre["classes"]), "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
+        "image_size": pre["image_size"]})
     tracker.end(run_id)
     optimistic = summary["test_acc_best_selected_on_test"]
     print(f"final {cfg.student} at density {head['measured_density']:.4f}: test top-1 {summary['test_acc_last']:.2f}, "
@@ -110,6 +121,15 @@ def main(argv=None) -> int:
           f"(epoch {summary['best_epoch_selected_on_test']}, selected on test: optimistic); checkpoint {ckpt}; "
           f"registered {model_name} v{registered}")
     return 0
+
+
+def default_model_name(cfg: DistillConfig) -> str:
+    """sfkd-<student>-<data>: the dataset's name, or for an ImageFolder dataset the folder's (or
+    archive's) own name, so models trained on different data never share a registered name."""
+    data = cfg.dataset
+    if cfg.dataset == "imagefolder" and cfg.data_dir:
+        data = re.sub(r"\.(tar\.gz|tgz)$", "", Path(cfg.data_dir).expanduser().resolve().name)
+    return "sfkd-" + re.sub(r"[^A-Za-z0-9._-]+", "-", f"{cfg.student}-{data}")
 
 
 def teacher_budget_note(cfg: DistillConfig, info: dict) -> str | None:

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 
 from tuner.cli import OneLineParser, UsageError, run_cli
-from tuner.export import latest_search_run
+from tuner.export import find_search_run
 from tuner.figures import plt, save_figure
 from tuner.tracking import PARENT_TAG, normalise_uri
 
@@ -254,21 +254,16 @@ def main(argv=None) -> int:
     p = OneLineParser(prog="python -m tuner.report", description=(
         "Rebuild the report of a past search (learning curves with ASHA stops, val_acc against each searched "
         "hyperparameter, Optuna importances, top-5 configs, one HTML page) and log it to its parent run."))
-    p.add_argument("--experiment", required=True, help="MLflow experiment name (the space name)")
+    p.add_argument("--experiment", help="MLflow experiment name (default of a search: its space name)")
     p.add_argument("--run", help="search (parent) run id (default: the latest search in the experiment)")
     p.add_argument("--out", help="output folder (default sfkd_runs/report-<experiment>)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.add_argument("--no-log", action="store_true", help="write the files only; do not log them to MLflow")
     a = p.parse_args(argv)
     client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
-    if a.run:
-        try:
-            parent = client.get_run(a.run)
-        except Exception:  # noqa: BLE001 - MLflow raises its own for an unknown id
-            raise UsageError(f"--run {a.run}: no such run at this tracking URI") from None
-    else:
-        parent = latest_search_run(client, a.experiment)
-    out = Path(a.out or f"sfkd_runs/report-{a.experiment}").resolve()
+    parent = find_search_run(client, a.experiment, a.run)
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    out = Path(a.out or f"sfkd_runs/report-{experiment}").resolve()
     files = build_report(client, parent, out)
     if not a.no_log:
         for f in files:

@@ -31,6 +31,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--max-concurrent", type=int, help="trials running at once (search.max_concurrent)")
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
+    p.add_argument("--experiment", help="MLflow experiment to record the search in (default: the space name)")
     p.add_argument("--storage-path", default=DEFAULT_STORAGE, help="run folders and checkpoints (default ./sfkd_runs)")
     p.add_argument("--name", help="run folder name (default SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -252,8 +252,8 @@ class MLflowTrialCallback(Callback):
         self.last[trial.trial_id] = result
         self.tracker.log_epoch(run_id, numeric_metrics(result), int(result.get("epoch", 0)))
         if result.get("status") == "diverged":
-            self.tracker.set_tags(run_id, {"sfkd.status": "diverged",
-                                           "sfkd.reason": f"loss became {result.get('loss')} at epoch {result.get('epoch')}"})
+            reason = result.get("diverged_reason") or f"loss became {result.get('loss')} at epoch {result.get('epoch')}"
+            self.tracker.set_tags(run_id, {"sfkd.status": "diverged", "sfkd.reason": reason})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run(trial)

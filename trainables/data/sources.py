@@ -80,7 +80,7 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
     return x, y, classes
 
 
-def read_torchvision_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def read_torchvision_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -90,7 +90,7 @@ def read_torchvision_cifar(name: str, root: Path, train: bool, download: bool) -
         raise DataError(f"{name} not found under {root} ({e}); pass --data-dir to a folder with the "
                         f"torchvision archive or an ImageFolder tree, or set download") from None
     x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(ds.targets, dtype=torch.int64)
+    return x, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
 
 
 def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

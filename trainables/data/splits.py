@@ -35,6 +35,7 @@ class DataSplits:
     num_classes: int
     mean: tuple
     std: tuple
+    classes: tuple = ()  # class names in label order: what a user of the trained model reads outputs by
 
     @property
     def image_size(self) -> int:
@@ -71,12 +72,12 @@ def _stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.
     return chosen
 
 
-def _read_tree(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _read_tree(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     tx, ty, classes = read_image_folder(root / "train")
     vx, vy, test_classes = read_image_folder(root / "test")
     if test_classes != classes:
         raise DataError(f"{root}: train/ and test/ have different class folders")
-    return tx, ty, vx, vy, len(classes)
+    return tx, ty, vx, vy, classes
 
 
 def _resolve_tree(data_dir: Path) -> Path | None:
@@ -139,13 +140,12 @@ def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float =
     if kind == "synthetic":
         tx, ty = make_synthetic(synthetic_size, synthetic_classes, image_size, seed=1000)
         sx, sy = make_synthetic(max(200, synthetic_size // 5), synthetic_classes, image_size, seed=2000)
-        num_classes = synthetic_classes
+        classes = [f"class{i}" for i in range(synthetic_classes)]
     elif kind == "tree":
-        tx, ty, sx, sy, num_classes = _read_tree(root)
+        tx, ty, sx, sy, classes = _read_tree(root)
     else:
-        tx, ty = read_torchvision_cifar(dataset, root, True, download)
-        sx, sy = read_torchvision_cifar(dataset, root, False, download)
-        num_classes = NUM_CLASSES[dataset]
+        tx, ty, classes = read_torchvision_cifar(dataset, root, True, download)
+        sx, sy, _ = read_torchvision_cifar(dataset, root, False, download)
 
     if full_train:
         vx, vy = tx[:0], ty[:0]
@@ -162,4 +162,4 @@ def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float =
         f = tx.float() / 255
         mean = tuple(f.mean(dim=(0, 2, 3)).tolist())
         std = tuple(f.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    return DataSplits(tx, ty, vx, vy, sx, sy, num_classes, mean, std)
+    return DataSplits(tx, ty, vx, vy, sx, sy, len(classes), mean, std, tuple(classes))
