@@ -71,8 +71,8 @@ def _fresh_copy(dst: Path) -> Path:
 def test_the_readme_commands_run_as_written_from_a_fresh_copy(tmp_path):
     clone = _fresh_copy(tmp_path / "sfkd-tune")
     # As after `source .venv/bin/activate`; PYTHONPATH sends Ray's workers to this copy's code too.
-    env = {**os.environ, "PATH": f"{clone / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(clone / ".venv"),
-           "PYTHONPATH": str(clone)}
+    env = {**os.environ, "PATH": f"{clone / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(clone / ".venv"), "PYTHONPATH": str(clone)}
     ran = []
     for command in readme_commands(README.read_text()):
         if command in ran or any(command.startswith(skip) for skip in NOT_RUN_HERE):
