@@ -83,6 +83,8 @@ class DistillConfig:
     lr_milestones: list = field(default_factory=lambda: [0.625, 0.75, 0.875])
     lr_decay: float = 0.1
     seed: int = 0
+    # Read the test split once, after the last epoch (a study's finished runs; a search never does).
+    test_at_end: bool = False
     device: str = "auto"
     # bf16 autocast on CUDA and on CPUs with native bf16 (auto), or fp32 / bf16 everywhere. The precision
     # a run really used is recorded with its results and checkpoint.

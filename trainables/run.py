@@ -376,6 +376,9 @@ class DistillRun:
             metrics["student_fg_share"] = self.last_probe["student_fg_share"]
             if "teacher_fg_share" in self.last_probe:
                 metrics["teacher_fg_share"] = self.last_probe["teacher_fg_share"]
+            if self.cfg.test_at_end and split == "val" and self.epoch >= self.cfg.epochs:
+                test = self.evaluate("test")  # once, after training ended: a study selects nothing on it
+                metrics.update({"test_acc": test["acc"], "test_acc5": test["acc5"]})
         return metrics
 
     def probe(self, split: str = "val") -> dict:

@@ -18,6 +18,7 @@ from tuner.export import write_best_config
 from tuner.progress import TrialPrinter
 from tuner.report import log_report
 from tuner.spaces import to_param_space
+from tuner.study import TABLE_MD as STUDY_TABLE_MD
 from tuner.teacher import teacher_config, train_teacher
 from tuner.tracking import MLflowTrialCallback, SearchTracker, normalise_uri
 
@@ -116,7 +117,12 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
                   **{f"search.{k}": v for k, v in space.search.items()},
                   **{f"scheduler.{k}": v for k, v in space.scheduler.items()},
                   **{f"resources.{k}": v for k, v in space.resources.items()}}
+        if space.study is not None:
+            params.update({"study.seeds": space.study["seeds"], "study.compare_by": space.study["by"],
+                           "study.reference": space.study["reference"], "study.arms": ",".join(space.study["arms"]),
+                           "study.strata": ",".join(space.study["strata"])})
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
+                                            "sfkd.study": str(space.study is not None).lower(),
                                             "sfkd.code_version": code_version()})
         tracker.log_text(tracker.parent_id, space.text, f"space/{space.path.name}")
         state = {"space": space.name, "space_file": str(space.path), "parent_run_id": tracker.parent_id,
@@ -164,6 +170,8 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
 
 def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     """Upload the best trials' checkpoints, write best_config.yaml, close the parent run."""
+    if space.study is not None:
+        return finish_study(space, results, tracker, run_dir)
     metric, mode = space.search["metric"], space.search["mode"]
     ranked = []
     for r in results:
@@ -222,6 +230,24 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     print(f"  python -m tuner.final --config {out} --tracking-uri {tracker.uri}    # train it on train+val, test it",
           flush=True)
     return 0
+
+
+def finish_study(space, results, tracker: SearchTracker, run_dir: Path) -> int:
+    """A study selects nothing: no best config, no checkpoint upload. It writes its comparison table
+    (Markdown, HTML, figure) to the parent run and prints it."""
+    ok = [r for r in results if r.error is None and (r.metrics or {}).get("status") == "ok"]
+    tracker.log_metrics(tracker.parent_id, {"runs_finished": len(ok), "runs_total": len(results)}, step=0)
+    try:
+        files = log_report(tracker, run_dir / "report")
+        table = next(f for f in files if f.name == STUDY_TABLE_MD).read_text()
+        print(f"study {space.name}: {len(ok)} of {len(results)} runs finished; compared by {space.study['by']} "
+              f"against {space.study['reference']}\n\n{table}\nreport: {files[-1]}", flush=True)
+    except Exception as e:  # noqa: BLE001 - the runs are recorded; the table can be rebuilt from MLflow
+        print(f"warning: study table not built ({type(e).__name__}: {e}); rebuild it with "
+              f"python -m tuner.report --run {tracker.parent_id} --tracking-uri {tracker.uri}", file=sys.stderr)
+    tracker.end(tracker.parent_id, "FINISHED" if ok else "FAILED")
+    report_pending(tracker, run_dir)
+    return 0 if ok else 1
 
 
 def report_pending(tracker: SearchTracker, run_dir: Path) -> None:

@@ -17,6 +17,8 @@ from mlflow.tracking import MlflowClient
 from tuner.cli import OneLineParser, UsageError, run_cli
 from tuner.export import find_search_run
 from tuner.figures import plt, save_figure
+from tuner.study import TABLE_HTML as STUDY_HTML
+from tuner.study import build_study
 from tuner.tracking import PARENT_TAG, normalise_uri
 
 REPORT_DIR = "report"
@@ -187,7 +189,8 @@ def _img(path: Path | None, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
 
 
-def html_page(title: str, summary: dict, figures: list[tuple[Path | None, str]], table: list[dict], note: str) -> str:
+def html_page(title: str, summary: dict, figures: list[tuple[Path | None, str]], table: list[dict], note: str,
+              study_html: str = "") -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (table[0] if table else {}))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in table)
     facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items())
@@ -197,6 +200,7 @@ def html_page(title: str, summary: dict, figures: list[tuple[Path | None, str]],
 table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
 img{{max-width:100%}}figure{{margin:1em 0}}</style></head>
 <body><h1>{html.escape(title)}</h1><ul>{facts}</ul>
+{f"<h2>Comparison</h2>{study_html}" if study_html else ""}
 <h2>Top {len(table)} configs</h2><table><tr>{head}</tr>{body}</table>
 {''.join(_img(p, alt) for p, alt in figures)}
 <p>{html.escape(note)}</p></body></html>
@@ -234,9 +238,17 @@ def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
                "searched": ", ".join(keys) or "(none)", "searcher": params.get("search.searcher", ""),
                "scheduler": f"{params.get('scheduler.type', '')}, max_t {max_t}",
                "built": time.strftime("%Y-%m-%d %H:%M:%S")}
-    page = html_page(f"Search report: {parent.info.run_name}", summary,
-                     [(files[0], "learning curves"), (pfig, "val_acc against searched hyperparameters"),
-                      (ifig, "parameter importances")], top_configs(trials, keys), note)
+    figures = [(files[0], "learning curves"), (pfig, "val_acc against searched hyperparameters"),
+               (ifig, "parameter importances")]
+    study_html = ""
+    if "study.compare_by" in params:  # a study: its comparison table and figure lead the page
+        study_files, _ = build_study(client, parent, out_dir)
+        files += study_files
+        study_html = (out_dir / STUDY_HTML).read_text()
+        figures.insert(0, (study_files[-1], "study comparison"))
+        note = "A study selects nothing; the importances and top configs below are descriptive only. " + note
+    page = html_page(f"{'Study' if study_html else 'Search'} report: {parent.info.run_name}", summary, figures,
+                     top_configs(trials, keys), note, study_html)
     (out_dir / HTML_FILE).write_text(page)
     return files + [out_dir / HTML_FILE]
 
@@ -268,7 +280,7 @@ def main(argv=None) -> int:
     if not a.no_log:
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), REPORT_DIR)
-    print(f"report of search run {parent.info.run_id}: {out / HTML_FILE} ({len(files) - 1} figures)")
+    print(f"report of search run {parent.info.run_id}: {out / HTML_FILE} ({sum(f.suffix == '.png' for f in files)} figures)")
     return 0
 
 

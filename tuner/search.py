@@ -29,6 +29,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (resources.cpu)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (resources.gpu)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (search.max_concurrent)")
+    p.add_argument("--seeds", type=int, help=(
+        "run every arm with seeds 0..N-1 as a study (study.seeds): FIFO, nothing selected, a comparison table "
+        "with paired differences, and each finished run's test accuracy"))
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--experiment", help="MLflow experiment to record the search in (default: the space name)")
@@ -62,6 +65,8 @@ def cli_overrides(a) -> dict:
         o["resources.gpu"] = a.gpus_per_trial
     if a.max_concurrent is not None:
         o["search.max_concurrent"] = a.max_concurrent
+    if a.seeds is not None:
+        o["study.seeds"] = a.seeds
     return o
 
 

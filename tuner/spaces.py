@@ -13,11 +13,13 @@ from tuner.cli import UsageError
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "choice": None, "grid": None}
-SECTIONS = ("description", "config", "arms", "search", "scheduler", "resources")
+SECTIONS = ("description", "config", "arms", "study", "search", "scheduler", "resources")
 SEARCH_DEFAULTS = {"num_samples": 8, "metric": "val_acc", "mode": "max", "searcher": "optuna", "seed": 0,
                    "max_concurrent": 2, "max_failures": 1, "keep_checkpoints": 2}
 SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
+# A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, or a grid key) against `reference`.
+STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None}
 
 
 class SpaceError(UsageError):
@@ -36,6 +38,7 @@ class Space:
     resources: dict = field(default_factory=dict)
     arms: dict = field(default_factory=dict)  # arm name -> its own recipe (config values over `config`)
     warnings: list = field(default_factory=list)  # printed before the search starts
+    study: dict | None = None  # seeds, by, reference, arms (the compared values in order); None for a search
 
     def arm_configs(self) -> dict:
         """The fixed config of every arm (one unnamed arm when the space has none)."""
@@ -111,8 +114,9 @@ def apply_overrides(raw: dict, overrides: dict) -> dict:
     for key, value in overrides.items():
         section, _, sub = key.rpartition(".")
         if section:
-            if section not in ("search", "scheduler", "resources"):
-                raise SpaceError(f"--set {key}: unknown section {section!r}; expected search, scheduler or resources")
+            if section not in ("search", "scheduler", "resources", "study"):
+                raise SpaceError(f"--set {key}: unknown section {section!r}; expected search, scheduler, resources "
+                                 f"or study")
             raw.setdefault(section, {})
             raw[section] = {**(raw[section] or {}), sub: value}
         else:
@@ -158,8 +162,52 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
         for recipe in arms.values():
             recipe.pop(key, None)
     space = Space(path.stem, path, text, fixed, params, search, scheduler, resources, arms)
+    if raw.get("study") is not None:
+        space.study = _section(where, raw, "study", STUDY_DEFAULTS)
+        if scheduler["type"] != "fifo":
+            space.warnings.append(f"note: {where}: a study stops nothing early; it runs under FIFO, not ASHA")
+            scheduler["type"] = "fifo"
     validate_space(space, where)
+    if space.study is not None:
+        make_study(space, where)
     return space
+
+
+def make_study(space: Space, where: str) -> None:
+    """Turn a space into a study: a grid of arms x seeds 0..N-1 under FIFO, nothing selected, the test
+    split read once by each run after its last epoch."""
+    st = space.study
+    _positive_int(where, "study.seeds", st["seeds"])
+    if space.search["searcher"] == "optuna" and space.params:
+        raise SpaceError(f"{where}: study: seed replicates run fixed arms, but this space searches "
+                         f"{', '.join(sorted(space.params))} with optuna; give it arms (or grid values) and "
+                         f"search.searcher: grid")
+    if "seed" in space.params or any("seed" in r for r in space.arms.values()):
+        raise SpaceError(f"{where}: study: seed is set by study.seeds (0..N-1); do not fix or search it")
+    grids = [k for k, v in space.params.items() if next(iter(v)) == "grid"]
+    by = st["by"] or ("arm" if space.arms else (grids[0] if len(grids) == 1 else None))
+    if by is None:
+        raise SpaceError(f"{where}: study.by: name what the study compares (arm, or one of the grid keys "
+                         f"{', '.join(grids) or '(none)'})")
+    if by == "arm":
+        if not space.arms:
+            raise SpaceError(f"{where}: study.by: arm, but the space has no arms")
+        values = list(space.arms)
+    elif by in grids:
+        values = [str(v) for v in space.params[by]["grid"]]
+    else:
+        raise SpaceError(f"{where}: study.by: {by!r} is neither arm nor a grid key of this space"
+                         f"{did_you_mean(by, ['arm', *grids])}")
+    reference = str(st["reference"]) if st["reference"] is not None else values[0]
+    if reference not in values:
+        raise SpaceError(f"{where}: study.reference: {reference!r} is not one of the compared values "
+                         f"({', '.join(values)}){did_you_mean(reference, values)}")
+    # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
+    strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
+    space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata}
+    space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
+    space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
+    space.config["test_at_end"] = True
 
 
 def _arms(where, raw, keys: set, params: dict) -> dict:
@@ -203,6 +251,9 @@ def validate_space(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: a grid distribution needs search.searcher: grid")
     if sch["type"] not in ("asha", "fifo"):
         raise SpaceError(f"{where}: scheduler.type: {sch['type']!r}; expected asha or fifo")
+    if (space.config.get("test_at_end") or any(r.get("test_at_end") for r in space.arms.values())) and space.study is None:
+        raise SpaceError(f"{where}: test_at_end: only a study reads the test split (add a study: section or "
+                         f"--seeds N); a search never does")
     if "epochs" in space.params:
         raise SpaceError(f"{where}: config.epochs: must be fixed (it is the trial budget and ASHA's max_t)")
     if space.arms and s["searcher"] == "optuna":
@@ -282,6 +333,8 @@ def to_param_space(space: Space) -> dict:
     from ray import tune
 
     out = dict(space.config)
+    if space.study is not None:
+        out["seed"] = tune.grid_search(list(range(space.study["seeds"])))
     if space.arms:
         # One grid value per arm; every key an arm sets is resolved from the chosen arm's recipe.
         arms = space.arm_configs()

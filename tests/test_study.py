@@ -1,0 +1,165 @@
+"""Studies: fixed arms x seeds, paired differences with t intervals, test read once per finished run."""
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tuner import report as report_cli
+from tuner import search
+from tuner.spaces import SpaceError, parse_space
+from tuner.study import TABLE_MD, comparison, markdown, t_interval
+from tuner.tracking import PARENT_TAG
+
+T_975_2DF = 4.30265273  # Student's t, 97.5th percentile, 2 degrees of freedom (printed tables give 4.303)
+
+
+def _run(arm, seed, val, test=None, fg=0.5, stratum=()):
+    return {"arm": arm, "seed": seed, "status": "completed", "val_acc": val, "fg_share": fg,
+            "teacher_fg_share": 0.6, "test_acc": test, "stratum": stratum, "precision": "fp32"}
+
+
+def test_the_t_interval_of_three_paired_differences_matches_the_hand_computation():
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sample sd 1, n 3
+    half = T_975_2DF * 1.0 / math.sqrt(3)  # 2.4841...
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half), abs=1e-8)
+    assert math.isnan(t_interval([5.0])[1]) and t_interval([5.0])[0] == 5.0  # n = 1: no interval
+
+
+def test_the_table_pairs_each_arm_with_the_reference_by_seed_and_says_when_a_difference_is_resolved():
+    runs = [_run("kd", s, v, test=60 + s) for s, v in enumerate([70.0, 71.0, 72.0])]
+    runs += [_run("sfkd", s, v, test=61 + s) for s, v in enumerate([71.0, 73.0, 75.0])]  # diffs 1, 2, 3
+    runs += [_run("ft", s, v, test=50 + s) for s, v in enumerate([60.0, 60.5, 61.5])]  # diffs -10, -10.5, -10.5
+    table = comparison(runs, "kd", 3, ["ft", "kd", "sfkd"])
+    rows = {r["arm"]: r for r in table["rows"]}
+    assert [r["arm"] for r in table["rows"]] == ["kd", "ft", "sfkd"]  # the reference first
+    assert rows["kd"]["n"] == rows["sfkd"]["n"] == 3
+    assert rows["kd"]["val"] == pytest.approx((71.0, 1.0))
+    half = T_975_2DF / math.sqrt(3)
+    assert rows["sfkd"]["diff"] == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    text = markdown(table, "fp32")
+    assert f"+2.00 [{2.0 - half:+.2f}, {2.0 + half:+.2f}] (not resolved)" in text
+    assert "(resolved, lower)" in text  # ft: -10.33 with a tight interval below zero
+    assert table["complete"] and rows["sfkd"]["test"] == pytest.approx((62.0, 1.0))
+    assert "test_acc (last epoch)" in text and "All arms ran at precision fp32." in text
+
+
+def test_one_seed_gives_no_interval_and_the_table_says_so():
+    table = comparison([_run("kd", 0, 70.0, test=60.0), _run("sfkd", 0, 71.5, test=61.0)], "kd", 1)
+    assert "+1.50 (n = 1: no interval)" in markdown(table)
+
+
+def test_test_accuracy_is_shown_only_once_every_run_of_every_arm_has_finished():
+    runs = [_run("kd", s, 70.0 + s, test=60.0) for s in range(3)] + [_run("sfkd", s, 71.0, test=61.0) for s in range(2)]
+    runs.append({**_run("sfkd", 2, 71.0), "status": "running", "val_acc": None})
+    table = comparison(runs, "kd", 3)
+    assert not table["complete"] and "test_acc (last epoch)" not in markdown(table)
+    assert "test_acc is shown once every run of every arm has finished." in markdown(table)
+
+
+def test_other_grid_keys_are_strata_and_pairs_never_cross_them():
+    runs = [_run("kd", s, 70.0, stratum=(("density", "0.1"),)) for s in range(2)]
+    runs += [_run("sfkd", s, 72.0, stratum=(("density", "0.1"),)) for s in range(2)]
+    runs += [_run("kd", s, 80.0, stratum=(("density", "0.5"),)) for s in range(2)]
+    runs += [_run("sfkd", s, 79.0, stratum=(("density", "0.5"),)) for s in range(2)]
+    rows = {r["label"]: r for r in comparison(runs, "kd", 2)["rows"]}
+    assert rows["sfkd, density=0.1"]["diff"][0] == pytest.approx(2.0)
+    assert rows["sfkd, density=0.5"]["diff"][0] == pytest.approx(-1.0)
+
+
+STUDY = """
+description: two arms, three seeds, synthetic data (a test study)
+config:
+  dataset: synthetic
+  synthetic_size: 400
+  teacher: {teacher}
+  teacher_arch: resnet8
+  student: resnet8
+  density: 0.5
+  sparse_init: ERK
+  epochs: 2
+  batch_size: 32
+  fg_size: 4
+arms:
+  ft: {{method: ft}}
+  kd: {{method: kd, alpha: 0.5, beta: 0.5}}
+study:
+  seeds: 3
+  by: arm
+  reference: kd
+search:
+  searcher: grid
+  max_concurrent: 2
+resources:
+  cpu: 1
+"""
+
+
+def test_a_study_is_a_fifo_grid_of_arms_times_seeds_that_reads_test_only_after_training():
+    space = parse_space(str(_write(STUDY.format(teacher="auto"), "s.yaml")))
+    assert space.scheduler["type"] == "fifo" and space.study["seeds"] == 3 and space.config["test_at_end"]
+    with pytest.raises(SpaceError, match="only a study reads the test split"):
+        parse_space("smoke", {"test_at_end": True})
+    with pytest.raises(SpaceError, match="with optuna"):
+        parse_space("sfkd_gamma", {"study.seeds": 3})
+
+
+def _write(text: str, name: str) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_a_two_arm_three_seed_study_runs_end_to_end_and_report_rebuilds_its_table(ray_session, tmp_path,
+                                                                                   trained_teacher_file):
+    space_file = tmp_path / "tiny_study.yaml"
+    space_file.write_text(STUDY.format(teacher=trained_teacher_file))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = search.main(["--space", str(space_file), "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
+                      "--name", "study", "--quiet"])
+    assert rc == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_study")
+    parent = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'search'")[0]
+    children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert sorted((c.data.params["arm"], c.data.params["seed"]) for c in children) == [
+        (a, str(s)) for a in ("ft", "kd") for s in range(3)]
+    for child in children:
+        assert child.data.tags["sfkd.status"] == "completed"  # FIFO: nothing stopped early
+        # The test split was read once, after the last epoch; every epoch read the validation split.
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
+    table = Path(client.download_artifacts(parent.info.run_id, f"report/{TABLE_MD}", str(tmp_path / "a"))).read_text()
+    assert "| kd | 3 |" in table and "| ft | 3 |" in table and "test_acc (last epoch)" in table
+    arts = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/study_table.html", "report/study_comparison.png", "report/report.html"} <= arts
+    assert not (tmp_path / "runs" / "study" / "best_config.yaml").exists()  # a study selects nothing
+
+    assert report_cli.main(["--run", parent.info.run_id, "--tracking-uri", uri, "--no-log",
+                            "--out", str(tmp_path / "rebuilt")]) == 0
+    assert (tmp_path / "rebuilt" / TABLE_MD).read_text() == table  # the same table, from MLflow alone
+
+
+STUDIES = ["study_methods", "study_density", "study_fg_bg", "study_sparse_init", "study_prune_kd"]
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_shipped_study_is_paper_scale_with_three_seeds_its_losses_and_the_papers_numbers(name):
+    space = parse_space(name)
+    assert space.config["dataset"] == "cifar100" and space.study["seeds"] == 3
+    assert space.config["epochs"] == (120 if name == "study_prune_kd" else 240)
+    assert ("Loss:" in space.text or "Losses:" in space.text) and ("Paper" in space.text or "Table 2" in space.text)
+    assert space.warnings == [] and space.scheduler["type"] == "fifo"
+    assert space.study["reference"] in space.study["arms"]
+    # Run small (the README's CPU-scale data and budget) it is the same study.
+    small = parse_space(name, {"dataset": "cifar10", "train_subset": 10000, "epochs": 8})
+    assert small.study == space.study
+
+
+def test_study_methods_has_the_six_arms_and_study_density_at_least_three_densities():
+    assert parse_space("study_methods").study["arms"] == ["ft", "kd", "fitnet", "at", "sp", "sfkd"]
+    density = parse_space("study_density")
+    assert len(density.params["density"]["grid"]) >= 3 and density.study["strata"] == ["density"]
