@@ -27,19 +27,9 @@ from trainables.models import create_model  # noqa: E402
 from trainables.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 from trainables.run import DistillRun  # noqa: E402
 from trainables.teacher import save_teacher  # noqa: E402
+from tuner.study import t_interval  # noqa: E402  (the one t interval of the project)
 
 COMBOS = [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]
-
-
-def t_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean and the 95% t interval of paired differences (nan bounds for a single pair)."""
-    from scipy import stats
-
-    n, mean = len(diffs), statistics.mean(diffs)
-    if n < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
-    return mean, mean - half, mean + half
 
 
 def throughput(data: str, out: Path, rounds: int) -> dict:

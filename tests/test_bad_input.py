@@ -154,5 +154,7 @@ def test_an_auto_teacher_near_chance_stops_the_search_before_anything_is_recorde
     lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("teacher resnet8:", "Token auth"))]
     assert len(lines) == 1 and lines[0].startswith("error: teacher resnet8 (auto, 1 epochs) has test top-1")
     assert "not clearly above chance (10.00% for 10 classes)" in lines[0]
+    # What the search found is printed before any training.
+    assert "data: synthetic (generated): 20 training / " in r.stdout and "10 classes, 32x32" in r.stdout
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["teachers"]  # no run folder left behind

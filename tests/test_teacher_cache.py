@@ -108,6 +108,16 @@ def test_a_second_trial_reuses_the_views_the_first_one_computed(tiny_teacher_fil
     assert other_seed.cache.dir != first.cache.dir  # other augmentation draws: never shared
 
 
+def test_a_kd_arm_fills_the_maps_too_so_a_feature_arm_with_its_seed_reads_them(tiny_teacher_file, tmp_path):
+    # A study runs its arms in grid order; the teacher must run once per epoch view whichever arm is first.
+    kd = DistillRun(_cfg(tiny_teacher_file, tmp_path, method="kd"), device="cpu")
+    kd.train_epoch()
+    assert kd.cache.filled == 1
+    sfkd = DistillRun(_cfg(tiny_teacher_file, tmp_path), device="cpu")
+    assert sfkd.cfg.method == "sfkd" and sfkd.train_epoch()["teacher_cache_hit"] == 1.0
+    assert sfkd.cache.filled == 0 and sfkd.cache.dir == kd.cache.dir
+
+
 def test_a_search_and_a_final_run_on_the_same_subset_never_share_a_cache(tiny_teacher_file, tmp_path):
     # Regression: with train_subset set, the train split of a search and the train+val of a final run
     # had the same cache key, so the final run distilled from outputs computed on other images.

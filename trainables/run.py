@@ -165,8 +165,10 @@ class DistillRun:
             return None
         from trainables.teacher_cache import open_teacher_cache
 
+        # Every teacher-using method stores the maps of all feature_stages, so the arms of a study with one
+        # seed share one fill whichever arm runs first (KD reads only the logits of it).
         shapes = stage_shapes(cfg.teacher_arch, num_classes, self.data.image_size)
-        return open_teacher_cache(cfg, cfg.teacher, self.data, [shapes[s] for s in self._distilled_stages()], num_classes)
+        return open_teacher_cache(cfg, cfg.teacher, self.data, [shapes[s] for s in cfg.feature_stages], num_classes)
 
     def view_of(self, epoch: int) -> int:
         """The augmentation view a 0-based epoch trains on: its own fresh draw, or with the opt-in
@@ -178,7 +180,7 @@ class DistillRun:
         if self.cache is None:
             return None
         return self.cache.load(view) or self.cache.fill(
-            view, self.teacher, self.train_loader.images, self.data.mean, self.data.std, self._distilled_stages(),
+            view, self.teacher, self.train_loader.images, self.data.mean, self.data.std, list(self.cfg.feature_stages),
             autocast=lambda: autocast(self.device, self.precision), channels_last=self.channels_last)
 
     def learning_rate(self, epoch: int) -> float:
