@@ -19,6 +19,7 @@ NOT_RUN_HERE = {  # a command's start -> why this test does not run it
     "make test": "it is this test suite",
     "python -m tuner.search --space sfkd_gamma": "real CIFAR-10 for an hour or more (README, 'Running on real data')",
     "python -m tuner.teacher --arch resnet56 --dataset cifar10": "real CIFAR-10 for 20-30 epochs",
+    "python -m tuner.teacher --arch resnet56 --dataset imagefolder --data-dir ~/data/mydata": "the user's own data",
     "python -m tuner.search --space study_methods": "real CIFAR-10 for an hour (RESULTS.md), or a GPU cluster",
     "python -m tuner.heatmaps --runs": "needs run ids of your own search (tests/test_search.py runs it on real ids)",
     "python -m tuner.search --space smoke --resume": "needs an interrupted search (tests/test_reliability.py kills one)",
