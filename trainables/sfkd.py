@@ -25,6 +25,8 @@ class SFKDTrainable(tune.Trainable):
         torch.set_num_threads(threads)
         self.diverged = False
         self.gpu_ids = ray.get_gpu_ids()
+        # What Ray granted this worker, which can differ from what was asked if the request was rewritten.
+        self.gpu_share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
         self.node_id = ray.get_runtime_context().get_node_id()
         self.run = DistillRun(config, device=device)
 
@@ -43,6 +45,7 @@ class SFKDTrainable(tune.Trainable):
                                f"{self.run.cfg.teacher_arch}): {str(e).splitlines()[0]}") from None
         metrics["cuda"] = int(self.run.device.type == "cuda")
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
+        metrics["ray_gpu_share"] = self.gpu_share
         metrics["node_id"] = self.node_id  # which Ray node ran this epoch (kept in result.json)
         self.diverged = metrics.pop("diverged")
         if self.diverged:
