@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import torch
 
 from trainables.data import DeviceLoader, load_splits
@@ -80,3 +82,54 @@ def test_image_folder_is_decoded_once_into_a_cache_beside_it(tmp_path):
     assert torch.equal(x, x2)
     s = load_splits("imagefolder", str(tmp_path), val_fraction=0.34)
     assert s.num_classes == 2 and s.image_size == 8 and len(s.test_x) == 6
+
+
+def _load_from_archive(archive, cache_home, barrier, out):
+    import hashlib
+    import os
+
+    os.environ["SFKD_CACHE"] = str(cache_home)
+    from trainables.data.sources import read_image_folder, unpack_archive
+
+    barrier.wait()  # both processes start on the cold archive together
+    root = unpack_archive(archive)
+    x, y, classes = read_image_folder(root / "train")
+    out.put((str(root), hashlib.sha1(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(), classes))
+
+
+def test_two_processes_unpacking_and_decoding_a_cold_archive_at_once_end_with_the_same_complete_cache(tmp_path):
+    import hashlib
+    import multiprocessing
+    import tarfile
+
+    from PIL import Image
+
+    tree = tmp_path / "src" / "shapes"
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 150), ("test", 10)):
+        for c in ("cat", "dog", "eel"):
+            (tree / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(pixels).save(tree / split / c / f"{i}.png")
+    archive = tmp_path / "shapes.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="shapes")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_load_from_archive, args=(archive, tmp_path / "cache", barrier, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = [out.get(timeout=10) for _ in procs]
+    assert got[0] == got[1]
+    root = Path(got[0][0])
+    assert sorted(d.name for d in (root / "train").iterdir()) == ["cat", "dog", "eel"]
+    assert sum(1 for _ in (root / "train").rglob("*.png")) == 450
+    # The cache left behind is whole: it loads, and holds exactly what both processes decoded.
+    blob = torch.load(root / ".sfkd-train-v1.pt", weights_only=True)
+    digest = hashlib.sha1(blob["images"].numpy().tobytes() + blob["labels"].numpy().tobytes()).hexdigest()
+    assert digest == got[0][1] and blob["images"].shape == (450, 3, 16, 16)
+    assert not list(root.parent.glob("*.tmp")) and not list((tmp_path / "cache").glob(".unpack-*"))

@@ -1,7 +1,9 @@
 """Where images come from: torchvision CIFAR, ImageFolder trees (with a decoded cache), synthetic."""
 import hashlib
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +23,31 @@ def _cache_home() -> Path:
 
 
 def unpack_archive(archive: Path) -> Path:
-    """Unpack a .tar.gz of an ImageFolder tree once into the cache and return the tree's root."""
+    """Unpack a .tar.gz of an ImageFolder tree once into the cache and return the tree's root.
+    Each process unpacks into its own temporary folder and renames it into place, so trials that
+    start at once on a cold node never see (or write into) a half-unpacked tree."""
     dest = _cache_home()
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         top = {m.name.split("/")[0] for m in tar.getmembers() if m.name and not m.name.startswith(".")}
         if len(top) != 1:
             raise DataError(f"{archive}: expected one top folder in the archive, found {sorted(top)[:5]}")
-        root = dest / top.pop()
-        marker = root / ".unpacked"
-        if not marker.exists():
-            tar.extractall(dest, filter="data")
-            marker.touch()
+        name = top.pop()
+        root = dest / name
+        if (root / ".unpacked").exists():
+            return root
+        staging = Path(tempfile.mkdtemp(prefix=f".unpack-{name}-", dir=dest))
+        try:
+            tar.extractall(staging, filter="data")
+            (staging / name / ".unpacked").touch()
+            try:
+                os.rename(staging / name, root)
+            except OSError:  # another process finished first (or left an unmarked tree behind)
+                if not (root / ".unpacked").exists():
+                    shutil.rmtree(root, ignore_errors=True)
+                    os.rename(staging / name, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root
 
 
@@ -74,9 +89,16 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(labels, dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"images": x, "labels": y, "classes": classes}, tmp)
-    os.replace(tmp, cache)
+    # A temporary name of this process's own: two trials decoding a cold tree at once each write a
+    # whole file, and the last rename wins with a complete one.
+    fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"images": x, "labels": y, "classes": classes}, f)
+        os.replace(tmp, cache)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return x, y, classes
 
 
