@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# The node-local caches (unpacked archives, decoded images, teacher outputs) of one test session, so
+# no test finds another session's warm cache. Set before Ray starts: its workers inherit it.
+os.environ.setdefault("SFKD_CACHE", tempfile.mkdtemp(prefix="sfkd-test-cache-"))
 
 
 def _cifar_source() -> Path | None:

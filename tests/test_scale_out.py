@@ -127,17 +127,20 @@ def test_search_on_a_two_node_ray_cluster_runs_trials_on_both_nodes(tmp_path, tr
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under it
     ray_bin = str(Path(sys.executable).parent / "ray")
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    # Token auth on every node and the driver, said outright: a node started without it cannot join a
+    # head that has it (Ray turns it on when ~/.ray/auth_token exists).
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     try:
         subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                        "--temp-dir", temp_dir, *common], check=True, capture_output=True, timeout=180)
+                        "--temp-dir", temp_dir, *common], check=True, capture_output=True, timeout=180, env=env)
         subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common], check=True,
-                       capture_output=True, timeout=180)
+                       capture_output=True, timeout=180, env=env)
         r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--address", f"127.0.0.1:{port}",
                             "--storage-path", str(tmp_path / "runs"), "--name", "cluster", "--tracking-uri",
                             f"sqlite:///{tmp_path}/mlflow.db", "--num-samples", "4", "--max-concurrent", "2",
                             "--cpus-per-trial", "1", "--epochs", "2", "--set", "scheduler.type=fifo",
                             "--set", "synthetic_size=400", "--set", f"teacher={trained_teacher_file}", "--quiet"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         nodes = set()
         for f in (tmp_path / "runs" / "cluster").glob("*/result.json"):

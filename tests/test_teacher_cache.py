@@ -7,7 +7,7 @@ from trainables import DistillRun
 from trainables.data import load_splits
 from trainables.data.augment import normalize, view_batch, view_params
 from trainables.precision import autocast
-from trainables.teacher_cache import open_teacher_cache
+from trainables.teacher_cache import file_digest, open_teacher_cache
 
 BASE = dict(dataset="synthetic", synthetic_size=400, student="resnet8", teacher_arch="resnet8", epochs=3,
             batch_size=32, lr=0.05, density=0.3, sparse_init="ERK", fg_size=4, seed=1, method="sfkd", beta=0.5,
@@ -126,10 +126,10 @@ def test_a_search_and_a_final_run_on_the_same_subset_never_share_a_cache(tiny_te
     final = load_splits("synthetic", synthetic_size=400, train_subset=300, full_train=True)
     assert len(search.train_x) == len(final.train_x) == 300
     assert not torch.equal(search.train_x, final.train_x)
-    caches = [open_teacher_cache(cfg, str(tiny_teacher_file), d, [(64, 8, 8)], 10) for d in (search, final)]
+    caches = [open_teacher_cache(cfg, file_digest(tiny_teacher_file), d, [(64, 8, 8)], 10) for d in (search, final)]
     assert caches[0].dir != caches[1].dir
     again = load_splits("synthetic", synthetic_size=400, train_subset=300)
-    assert open_teacher_cache(cfg, str(tiny_teacher_file), again, [(64, 8, 8)], 10).dir == caches[0].dir
+    assert open_teacher_cache(cfg, file_digest(tiny_teacher_file), again, [(64, 8, 8)], 10).dir == caches[0].dir
 
 
 def test_the_cache_size_is_views_times_images_times_outputs_in_fp16_capped_by_config(tiny_teacher_file, tmp_path):

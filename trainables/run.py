@@ -9,8 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables.config import ConfigError, DistillConfig
-from trainables.data import DataSplits, DeviceLoader, load_splits
+from trainables.data import DataSplits, DeviceLoader
 from trainables.data.augment import normalize
+from trainables.inputs import digest_bytes, load_run_splits
 from trainables.losses import Connector, at_loss, check_fg_size, kd_loss, match_spatial, sfkd_parts, sp_loss
 from trainables.models import create_model
 from trainables.precision import autocast, resolve_memory_format, resolve_precision
@@ -88,12 +89,12 @@ class DistillRun:
     """Student, teacher, masks, optimizer and data of one distillation run, stepped an epoch at a time."""
 
     def __init__(self, config, data: DataSplits | None = None, device: str | None = None,
-                 teacher: nn.Module | None = None, full_train: bool = False):
+                 teacher: nn.Module | None = None, full_train: bool = False, teacher_bytes: bytes | None = None):
+        """`data` and `teacher_bytes` (the teacher file's contents) stand in for reading `data_dir` and
+        `teacher` from this machine's disk: a search's driver sends them through Ray's object store."""
         self.cfg = cfg = as_config(config)
         self.device = pick_device(device or cfg.device)
-        self.data = data or load_splits(
-            cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.train_subset, cfg.val_subset,
-            cfg.download, cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size, full_train=full_train)
+        self.data = data or load_run_splits(cfg, full_train=full_train)
         nc = self.data.num_classes
         check_feature_config(cfg, nc, self.data.image_size)
         self.cuda = self.device.type == "cuda"
@@ -105,7 +106,8 @@ class DistillRun:
                 raise ConfigError("teacher: give a teacher file (the search driver resolves 'auto' before trials start)")
             # Building the teacher draws random initial weights; they must not come from the student's seed.
             with torch.random.fork_rng(devices=[]):
-                self.teacher, self.teacher_info = load_teacher(cfg.teacher, cfg.teacher_arch, nc, self.device)
+                source = cfg.teacher if teacher_bytes is None else teacher_bytes
+                self.teacher, self.teacher_info = load_teacher(source, cfg.teacher_arch, nc, self.device)
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
@@ -131,7 +133,7 @@ class DistillRun:
             self.student_forward = torch.compile(self.student, backend=cfg.compile_backend)
             if self.teacher is not None:
                 self.teacher_forward = torch.compile(self.teacher, backend=cfg.compile_backend)
-        self.cache = self._open_cache(nc)
+        self.cache = self._open_cache(nc, teacher_bytes)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
                                          self.data.std, self.device, train=True, generator=self.generator,
@@ -158,17 +160,19 @@ class DistillRun:
     def _distilled_stages(self) -> list[int]:
         return list(self.cfg.feature_stages) if self.cfg.method in ("sfkd", "fitnet", "at", "sp") else []
 
-    def _open_cache(self, num_classes: int):
+    def _open_cache(self, num_classes: int, teacher_bytes: bytes | None):
         cfg = self.cfg
         # The cache is keyed by the teacher file's bytes; a teacher handed in as a module has none.
         if not cfg.teacher_cache or self.teacher is None or cfg.method == "ft" or cfg.teacher in ("auto", "none"):
             return None
-        from trainables.teacher_cache import open_teacher_cache
+        from trainables.teacher_cache import file_digest, open_teacher_cache
+
+        digest = digest_bytes(teacher_bytes) if teacher_bytes is not None else file_digest(cfg.teacher)
 
         # Every teacher-using method stores the maps of all feature_stages, so the arms of a study with one
         # seed share one fill whichever arm runs first (KD reads only the logits of it).
         shapes = stage_shapes(cfg.teacher_arch, num_classes, self.data.image_size)
-        return open_teacher_cache(cfg, cfg.teacher, self.data, [shapes[s] for s in cfg.feature_stages], num_classes)
+        return open_teacher_cache(cfg, digest, self.data, [shapes[s] for s in cfg.feature_stages], num_classes)
 
     def view_of(self, epoch: int) -> int:
         """The augmentation view a 0-based epoch trains on: its own fresh draw, or with the opt-in

@@ -5,8 +5,9 @@ import ray
 import torch
 from ray import tune
 
+from trainables.inputs import TrialInputs
 from trainables.probe import PROBE_FILE
-from trainables.run import DistillRun
+from trainables.run import DistillRun, as_config
 from trainables.sparsity import load_sparse, save_sparse
 
 CHECKPOINT_FILE = "student.sfkd"
@@ -15,7 +16,11 @@ CHECKPOINT_FILE = "student.sfkd"
 class SFKDTrainable(tune.Trainable):
     """One trial: `step()` is one epoch of training plus validation."""
 
-    def setup(self, config: dict):
+    def setup(self, config: dict, inputs: TrialInputs | None = None):
+        """`inputs` (from `tune.with_parameters`) carries the data and teacher through Ray's object store."""
+        if inputs is not None:
+            self.inputs = inputs
+        inputs = getattr(self, "inputs", None) or TrialInputs()
         resources = self.trial_resources.required_resources if self.trial_resources else {}
         self.resources = dict(resources)
         wants_gpu = resources.get("GPU", 0) > 0
@@ -28,7 +33,10 @@ class SFKDTrainable(tune.Trainable):
         # What Ray granted this worker, which can differ from what was asked if the request was rewritten.
         self.gpu_share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.run = DistillRun(config, device=device)
+        cfg = as_config(config)
+        data, teacher_bytes = inputs.data_for(cfg), inputs.teacher_for(cfg)
+        self.shipped = {"data_shipped": int(data is not None), "teacher_shipped": int(teacher_bytes is not None)}
+        self.run = DistillRun(cfg, device=device, data=data, teacher_bytes=teacher_bytes)
 
     def reset_config(self, new_config: dict) -> bool:
         # Lets Ray reuse this worker process for the next trial instead of starting a new one.
@@ -46,6 +54,7 @@ class SFKDTrainable(tune.Trainable):
         metrics["cuda"] = int(self.run.device.type == "cuda")
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
         metrics["ray_gpu_share"] = self.gpu_share
+        metrics.update(self.shipped)  # 1: came through the object store; 0: read from this node's disk
         metrics["node_id"] = self.node_id  # which Ray node ran this epoch (kept in result.json)
         self.diverged = metrics.pop("diverged")
         if self.diverged:

@@ -1,4 +1,5 @@
 """Teacher files: written by `tuner.teacher`, or RepDistiller-style `{'model': state_dict}` files."""
+import io
 import os
 from pathlib import Path
 
@@ -28,12 +29,16 @@ def save_teacher(path, model: nn.Module, arch: str, dataset: str, num_classes: i
 
 
 def read_teacher_file(path) -> dict:
-    """The file as a dict with at least `state_dict`; arch/num_classes/test_acc when recorded."""
-    path = Path(path)
-    if not path.is_file():
-        raise TeacherError(f"teacher file {path} does not exist")
+    """The file (a path, or its bytes) as a dict with at least `state_dict`; arch/num_classes/test_acc
+    when recorded."""
+    if isinstance(path, bytes):
+        source, path = io.BytesIO(path), "(sent by the search driver)"
+    else:
+        source = path = Path(path)
+        if not path.is_file():
+            raise TeacherError(f"teacher file {path} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise TeacherError(f"teacher file {path} cannot be read as a PyTorch checkpoint ({type(e).__name__})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
@@ -77,8 +82,11 @@ def check_worth_distilling(info: dict, name: str, num_classes: int) -> None:
 
 
 def load_teacher(path, arch: str, num_classes: int, device="cpu") -> tuple[nn.Module, dict]:
-    """A frozen teacher in eval mode, checked against the expected architecture and class count."""
+    """A frozen teacher in eval mode, checked against the expected architecture and class count.
+    `path` may also be the file's bytes."""
     blob = read_teacher_file(path)
+    if isinstance(path, bytes):
+        path = "(sent by the search driver)"
     if blob.get("arch", arch) != arch:
         raise TeacherError(f"teacher file {path} is a {blob['arch']}; the config expects teacher_arch {arch}")
     if blob.get("num_classes", num_classes) != num_classes:

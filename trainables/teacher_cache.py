@@ -119,11 +119,18 @@ class TeacherCache:
             lock.unlink(missing_ok=True)
 
 
-def open_teacher_cache(cfg, teacher_file: str, data, stage_shapes: list, logit_dim: int) -> TeacherCache:
-    """The cache of this run's teacher, exact training images (set and order), seed and distilled stages."""
-    identity = {"teacher": file_digest(teacher_file), "train_images": data.train_digest, "seed": cfg.seed,
+def default_cache_root() -> Path:
+    """Node-local: every machine fills its own, and the trials on one machine share it."""
+    base = os.environ.get("SFKD_CACHE") or Path.home() / ".cache" / "sfkd-data"
+    return Path(base) / "teacher-outputs"
+
+
+def open_teacher_cache(cfg, teacher_digest: str, data, stage_shapes: list, logit_dim: int) -> TeacherCache:
+    """The cache of this run's teacher (the sha1 of its file), exact training images (set and order),
+    seed and distilled stages."""
+    identity = {"teacher": teacher_digest, "train_images": data.train_digest, "seed": cfg.seed,
                 "augment": {"crop_pad": VIEW_PAD, "flip": True}, "stages": list(cfg.feature_stages), "format": 2}
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(teacher_file).resolve().parent / "teacher_cache"
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
     views = cfg.epochs if cfg.cache_views is None else min(cfg.cache_views, cfg.epochs)
     return TeacherCache(root, identity, cfg.seed, len(data.train_x), logit_dim, stage_shapes, views,
                         cfg.cache_max_gb * 1e9)

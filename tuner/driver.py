@@ -12,14 +12,17 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from trainables import SFKDTrainable
 from trainables.config import DistillConfig
+from trainables.inputs import SPLIT_KEYS, TrialInputs, load_run_splits, splits_bytes
+from trainables.sfkd import CHECKPOINT_FILE
 from trainables.sparsity.checkpoint import read_header
 from trainables.teacher import check_worth_distilling, read_teacher_file
 from tuner.export import write_best_config
 from tuner.progress import TrialPrinter
 from tuner.report import log_report
 from tuner.spaces import to_param_space
+from tuner.storage import RunStorage
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
-from tuner.teacher import teacher_config, train_teacher
+from tuner.teacher import teacher_config, train_teacher_on_ray
 from tuner.tracking import MLflowTrialCallback, SearchTracker, normalise_uri
 
 
@@ -32,9 +35,10 @@ def code_version() -> str:
         return "unknown"
 
 
-def resolve_teacher(space, storage: Path) -> tuple[Path, float] | None:
-    """`teacher: auto` -> train the dense teacher once (cached by its recipe) and return (file, test top-1).
-    A teacher too weak to distil from stops the search here, before anything is recorded."""
+def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> tuple[Path, float] | None:
+    """`teacher: auto` -> train the dense teacher once (cached by its recipe, in the storage) as a Ray
+    task and return (file, test top-1). A teacher too weak to distil from stops the search here,
+    before anything is recorded."""
     cfg = space.config
     if cfg.get("teacher", "auto") != "auto":
         if cfg.get("teacher") != "none":
@@ -52,17 +56,50 @@ def resolve_teacher(space, storage: Path) -> tuple[Path, float] | None:
                   val_fraction=base.val_fraction, synthetic_classes=base.synthetic_classes, image_size=base.image_size)
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
     key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    path = storage / "teachers" / f"{base.teacher_arch}-{base.dataset}-e{epochs}-train-{key}.pt"
-    if path.exists():
+    rel = f"teachers/{base.teacher_arch}-{base.dataset}-e{epochs}-train-{key}.pt"
+    path = storage.local_root / rel
+    if path.exists() or storage.exists(rel):
+        storage.fetch(rel, path)
         acc = read_teacher_file(path)["test_acc"]
         print(f"teacher {base.teacher_arch}: cached {path.name} (test top-1 {acc:.2f}%)", flush=True)
     else:
-        path, acc = train_teacher(tcfg, path, train_on="train")
-        print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> {path}", flush=True)
+        res = space.resources
+        path, acc = train_teacher_on_ray(tcfg, path, "train", res["cpu"], res["gpu"], data=inputs.data_for(tcfg))
+        storage.publish(path, rel)
+        print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> "
+              f"{storage.uri(rel)}", flush=True)
     cfg["teacher"] = str(path)
     check_worth_distilling({"test_acc": acc}, f"{base.teacher_arch} (auto, {epochs} epochs)",
                            read_teacher_file(path)["num_classes"])
     return path, acc
+
+
+SHIP_MAX_BYTES = 2e9  # decoded splits above this stay on each node's disk (an ImageNet-size ImageFolder)
+
+
+def ship_data(space, data=None) -> TrialInputs:
+    """The data splits every trial (and the auto teacher) receives through Ray's object store, so that
+    no node needs the driver's files. Searched data keys and data too large for the object store are
+    left to each trial to read by path."""
+    base = DistillConfig.from_dict(space.config)
+    inputs = TrialInputs()
+    if not any(k in space.params for k in SPLIT_KEYS):
+        data = data if data is not None else load_run_splits(base)
+        size = splits_bytes(data)
+        if size <= SHIP_MAX_BYTES:
+            inputs.data, inputs.data_key = data, TrialInputs.key(base)
+        else:
+            print(f"data: {size / 1e9:.1f} GB decoded, over the object store's {SHIP_MAX_BYTES / 1e9:.0f} GB share: "
+                  f"every node reads it from {base.data_dir}", flush=True)
+    return inputs
+
+
+def ship_teacher(space, inputs: TrialInputs) -> None:
+    """The teacher file's bytes go with the data, so no worker needs the file (study arms may differ
+    in method, so it goes whenever the search names one teacher file)."""
+    teacher = space.config.get("teacher", "auto")
+    if teacher not in ("auto", "none") and "teacher" not in space.params:
+        inputs.teacher_file, inputs.teacher_bytes = teacher, Path(teacher).read_bytes()
 
 
 class PrintCallback(Callback):
@@ -100,12 +137,16 @@ def build_scheduler(space):
                          reduction_factor=sch["reduction_factor"])
 
 
-def run_search(space, storage: Path, name: str, args, argv: list[str], resume: dict | None = None) -> int:
-    """Run (or, with `resume` = the saved search.json, continue) one search."""
-    trainable = SFKDTrainable
-    run_dir = storage / name
+def run_search(space, storage: RunStorage, name: str, args, argv: list[str], resume: dict | None = None,
+               data=None) -> int:
+    """Run (or, with `resume` = the saved search.json, continue) one search. `data`: the splits the
+    preflight already loaded."""
+    run_dir = storage.local(name)
     uri = normalise_uri(args.tracking_uri) if args.tracking_uri or not resume else resume["tracking_uri"]
-    teacher = resolve_teacher(space, storage)
+    inputs = ship_data(space, data)
+    teacher = resolve_teacher(space, storage, inputs)
+    ship_teacher(space, inputs)
+    trainable = tune.with_parameters(SFKDTrainable, inputs=inputs)
     experiment = resume["experiment"] if resume else (getattr(args, "experiment", None) or space.name)
     tracker = SearchTracker(uri, experiment=experiment, run_dir=run_dir)
     if resume:
@@ -113,7 +154,7 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
         print(f"search {name}: resuming MLflow run {tracker.parent_id} ({len(tracker.children)} trials recorded)",
               flush=True)
     else:
-        params = {"space": space.name, "argv": " ".join(argv), "storage": str(run_dir),
+        params = {"space": space.name, "argv": " ".join(argv), "storage": storage.uri(name),
                   **{f"search.{k}": v for k, v in space.search.items()},
                   **{f"scheduler.{k}": v for k, v in space.scheduler.items()},
                   **{f"resources.{k}": v for k, v in space.resources.items()}}
@@ -127,7 +168,7 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
         tracker.log_text(tracker.parent_id, space.text, f"space/{space.path.name}")
         state = {"space": space.name, "space_file": str(space.path), "parent_run_id": tracker.parent_id,
                  "tracking_uri": uri, "experiment": experiment, "argv": argv}
-        (run_dir / "search.json").write_text(json.dumps(state, indent=2))
+        storage.write_text(f"{name}/search.json", json.dumps(state, indent=2))
         print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{experiment}' at {uri}", flush=True)
     if teacher and not resume:
         tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[1]}, step=0)
@@ -142,7 +183,7 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
         callbacks.append(PrintCallback(printer))
     resources = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}
     if resume:
-        tuner = tune.Tuner.restore(str(run_dir), tune.with_resources(trainable, resources),
+        tuner = tune.Tuner.restore(storage.uri(name), tune.with_resources(trainable, resources),
                                    resume_unfinished=True, resume_errored=True)
         # The restored run config holds the callbacks pickled at the start; use this process's.
         tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -154,7 +195,7 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
                                         scheduler=build_scheduler(space), num_samples=s["num_samples"],
                                         reuse_actors=True),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+                name=name, storage_path=storage.location, callbacks=callbacks, verbose=0,
                 stop={"epoch": sch["max_t"]},
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=s["keep_checkpoints"],
                                                         checkpoint_score_attribute=s["metric"],
@@ -165,13 +206,14 @@ def run_search(space, storage: Path, name: str, args, argv: list[str], resume: d
     mlflow_callback.on_experiment_end(trials=[])  # Ray has saved its final state: record what still waits
     if resume:
         mlflow_callback.reconcile(results)
-    return finish(space, results, tracker, run_dir)
+    return finish(space, results, tracker, storage, name)
 
 
-def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
+def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: str) -> int:
     """Upload the best trials' checkpoints, write best_config.yaml, close the parent run."""
+    run_dir = storage.local(name)
     if space.study is not None:
-        return finish_study(space, results, tracker, run_dir)
+        return finish_study(space, results, tracker, storage, name)
     metric, mode = space.search["metric"], space.search["mode"]
     ranked = []
     for r in results:
@@ -193,21 +235,26 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
         run_id = tracker.children.get(trial_id)
         if ckpt is None or run_id is None:
             continue
-        f = Path(ckpt.path) / "student.sfkd"
-        head, _ = read_header(f)
-        tracker.log_artifact(run_id, str(f), "checkpoint")
-        tracker.set_tags(run_id, {"sfkd.checkpoint.density": f"{head['measured_density']:.6f}",
-                                  "sfkd.checkpoint.nonzero_params": head["nonzero_params"],
-                                  "sfkd.checkpoint.size_bytes": f.stat().st_size})
+        with ckpt.as_directory() as folder:  # downloaded from the storage when it is remote
+            f = Path(folder) / CHECKPOINT_FILE
+            head, _ = read_header(f)
+            tracker.log_artifact(run_id, str(f), "checkpoint")
+            tracker.set_tags(run_id, {"sfkd.checkpoint.density": f"{head['measured_density']:.6f}",
+                                      "sfkd.checkpoint.nonzero_params": head["nonzero_params"],
+                                      "sfkd.checkpoint.size_bytes": f.stat().st_size})
     used = sorted({r.metrics.get("precision") for _, r in ranked if r.metrics.get("precision")})
     if len(used) > 1:  # `precision: auto` resolves per machine; a mixed cluster compares unlike arms
         print(f"warning: trials ran at different precisions ({', '.join(used)}); set precision: fp32 or bf16 "
               f"to compare them at one", file=sys.stderr)
     best_value, best = ranked[0]
     config = {k: v for k, v in best.config.items()}
+    best_ckpt = best.get_best_checkpoint(metric, mode) or best.checkpoint
+    in_store = storage.relative(best_ckpt.path) if best_ckpt is not None else None
     out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
                             experiment=tracker.experiment, trial_id=best.metrics["trial_id"],
-                            val_acc=round(best_value, 4), storage_path=run_dir.parent)
+                            val_acc=round(best_value, 4), storage_path=storage.location,
+                            checkpoint=storage.uri(in_store, CHECKPOINT_FILE) if in_store else None)
+    storage.publish(out, f"{name}/best_config.yaml")
     tracker.log_artifact(tracker.parent_id, str(out))
     tracker.log_metrics(tracker.parent_id, {f"best_{metric}": best_value,
                                             "trials_finished": len(ranked), "trials_total": len(results)}, step=0)
@@ -215,6 +262,7 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     print(f"best trial {best.metrics['trial_id']}: {metric} {best_value:.2f}; best config -> {out}", flush=True)
     try:
         report = log_report(tracker, run_dir / "report")
+        storage.publish(run_dir / "report", f"{name}/report")
         print(f"report: {report[-1]}", flush=True)
     except Exception as e:  # noqa: BLE001 - the results are recorded; the report can be rebuilt later
         print(f"warning: report not built ({type(e).__name__}: {e}); rebuild it with "
@@ -232,13 +280,15 @@ def finish(space, results, tracker: SearchTracker, run_dir: Path) -> int:
     return 0
 
 
-def finish_study(space, results, tracker: SearchTracker, run_dir: Path) -> int:
+def finish_study(space, results, tracker: SearchTracker, storage: RunStorage, name: str) -> int:
     """A study selects nothing: no best config, no checkpoint upload. It writes its comparison table
     (Markdown, HTML, figure) to the parent run and prints it."""
+    run_dir = storage.local(name)
     ok = [r for r in results if r.error is None and (r.metrics or {}).get("status") == "ok"]
     tracker.log_metrics(tracker.parent_id, {"runs_finished": len(ok), "runs_total": len(results)}, step=0)
     try:
         files = log_report(tracker, run_dir / "report")
+        storage.publish(run_dir / "report", f"{name}/report")
         table = next(f for f in files if f.name == STUDY_TABLE_MD).read_text()
         print(f"study {space.name}: {len(ok)} of {len(results)} runs finished; compared by {space.study['by']} "
               f"against {space.study['reference']}\n\n{table}\nreport: {files[-1]}", flush=True)

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.config import DistillConfig
 from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.storage import parent_of
 from tuner.tracking import PARENT_TAG, normalise_uri
 
 HEADER_KEYS = ("search_run_id", "experiment", "trial_id", "val_acc")
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
                             search_run_id=parent.info.run_id,
                             experiment=client.get_experiment(parent.info.experiment_id).name,
                             trial_id=best.data.tags.get("sfkd.trial_id"), val_acc=best.data.metrics["best_val_acc"],
-                            storage_path=Path(storage).parent if storage else None)
+                            storage_path=parent_of(storage) if storage else None)
     print(f"best trial {best.data.tags.get('sfkd.trial_id')} (val_acc {best.data.metrics['best_val_acc']:.2f}) -> {out}")
     return 0
 

@@ -17,6 +17,7 @@ from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.export import read_header
 from tuner.figures import log_run_figures
 from tuner.progress import epoch_postfix, training_bar
+from tuner.storage import is_uri
 from tuner.tracking import SearchTracker, normalise_uri
 
 PREPROCESSING_FILE = "preprocessing.json"  # class names, mean/std and image size, beside the checkpoint
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     if cfg.teacher == "auto":
         raise UsageError("teacher: auto; a final run needs the teacher file the search used")
     header = read_header(path)
-    storage = Path(header.get("storage_path") or "sfkd_runs")
+    location = header.get("storage_path") or "sfkd_runs"
+    storage = Path("sfkd_runs" if is_uri(location) else location)  # a final run's files stay on this machine
     out = Path(a.out or storage / f"final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.spaces import available_spaces, parse_space
+from tuner.storage import RunStorage
 
 DEFAULT_STORAGE = "sfkd_runs"
 # Ray's tables, TensorBoard hints and snapshot warnings stay out of the user's terminal.
@@ -35,7 +36,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: local Ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--experiment", help="MLflow experiment to record the search in (default: the space name)")
-    p.add_argument("--storage-path", default=DEFAULT_STORAGE, help="run folders and checkpoints (default ./sfkd_runs)")
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE, help=(
+        "run folders and checkpoints: a local folder (default ./sfkd_runs) or any URI Ray's storage accepts, "
+        "e.g. s3://bucket/runs (endpoint and credentials from the usual AWS_* environment variables)"))
     p.add_argument("--name", help="run folder name (default SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key (or search.x / scheduler.x / resources.x); repeatable")
@@ -70,15 +73,9 @@ def cli_overrides(a) -> dict:
     return o
 
 
-def prepare_storage(path: str) -> Path:
-    storage = Path(path).expanduser().resolve()
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--storage-path {storage} is not writable ({e.strerror})") from None
+def prepare_storage(location: str) -> RunStorage:
+    storage = RunStorage(location)
+    storage.check_writable()
     return storage
 
 
@@ -108,51 +105,53 @@ def check_gpus(space, asked_on_cli: bool, ray) -> None:
         space.resources["gpu"] = 0
 
 
-def find_previous(storage: Path, space_name: str, name: str | None) -> Path:
+def find_previous(storage: RunStorage, space_name: str, name: str | None) -> str:
+    """The run folder name of the search to resume: --name, else the latest search of the space."""
     if name:
-        run_dir = storage / name
-        if not (run_dir / "search.json").is_file():
-            raise UsageError(f"--resume: {run_dir} is not a search folder (no search.json)")
+        if not storage.exists(f"{name}/search.json"):
+            raise UsageError(f"--resume: {storage.uri(name)} is not a search folder (no search.json)")
     else:
         found = []
-        for f in storage.glob("*/search.json"):
+        for folder in storage.folders():
             try:
-                if json.loads(f.read_text()).get("space") == space_name:
-                    found.append(f.parent)
+                if json.loads(storage.read_text(f"{folder}/search.json")).get("space") == space_name:
+                    found.append(folder)
             except (OSError, ValueError):
                 continue
         if not found:
             raise UsageError(f"--resume: no previous search of space {space_name!r} under {storage}")
-        run_dir = max(found, key=lambda d: (d / "search.json").stat().st_mtime)
-    if not (run_dir / "tuner.pkl").is_file():
-        raise UsageError(f"--resume: {run_dir} holds no Ray Tune state (tuner.pkl); it cannot be resumed")
-    return run_dir
+        name = max(found, key=lambda f: storage.mtime(f"{f}/search.json"))
+    if not storage.exists(f"{name}/tuner.pkl"):
+        raise UsageError(f"--resume: {storage.uri(name)} holds no Ray Tune state (tuner.pkl); it cannot be resumed")
+    return name
 
 
-def preflight(space) -> None:
+def preflight(space):
     """Data and teacher files are checked before anything is recorded or any trial starts, and the
-    console says what data the search will train on."""
+    console says what data the search will train on. Returns the loaded splits (None when the data
+    itself is searched over)."""
     from trainables.config import DistillConfig
-    from trainables.data.splits import load_splits, locate_data
+    from trainables.data.splits import locate_data
+    from trainables.inputs import load_run_splits
     from trainables.teacher import check_never_saw_validation, check_worth_distilling, load_teacher
 
     cfg = DistillConfig.from_dict(space.config)
     if "dataset" in space.params or "data_dir" in space.params:
-        return
+        return None
     kind, root = locate_data(cfg.dataset, cfg.data_dir, cfg.download)
-    data = load_splits(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.split_seed, cfg.train_subset, cfg.val_subset,
-                       cfg.download, cfg.synthetic_size, cfg.synthetic_classes, cfg.image_size)
+    data = load_run_splits(cfg)
     where = f" from {root}" if root else " (generated)"
     print(f"data: {cfg.dataset}{where}: {len(data.train_x):,} training / {len(data.val_x):,} validation / "
           f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}",
           flush=True)
     if cfg.teacher in ("auto", "none") or "teacher" in space.params or "teacher_arch" in space.params:
-        return
+        return data
     _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes)
     check_worth_distilling(info, Path(cfg.teacher).name, data.num_classes)
     warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
     if warning:
         print(warning, file=sys.stderr)
+    return data
 
 
 def main(argv=None) -> int:
@@ -160,30 +159,29 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
     if a.resume:
-        storage = Path(a.storage_path).expanduser().resolve()
-        if not storage.is_dir():
+        storage = RunStorage(a.storage_path)
+        if not storage.exists(""):
             raise UsageError(f"--resume: storage path {storage} does not exist")
-        run_dir = find_previous(storage, Path(a.space).stem, a.name)
-        state = json.loads((run_dir / "search.json").read_text())
+        name = find_previous(storage, Path(a.space).stem, a.name)
+        state = json.loads(storage.read_text(f"{name}/search.json"))
         # The resumed search is the one that was started: same space file and the same overrides.
         first = build_parser().parse_args(state["argv"])
         space = parse_space(state["space_file"], cli_overrides(first))
         first.tracking_uri, first.quiet = a.tracking_uri, a.quiet
-        ray = init_ray(a.address, run_dir / "search.log")
+        ray = init_ray(a.address, storage.local(name) / "search.log")
         check_gpus(space, False, ray)
         from tuner.driver import run_search
 
-        return run_search(space, storage, run_dir.name, first, state["argv"], resume=state)
+        return run_search(space, storage, name, first, state["argv"], resume=state)
     space = parse_space(a.space, cli_overrides(a))
     for line in space.warnings:
         print(line, file=sys.stderr)
-    preflight(space)
+    data = preflight(space)
     storage = prepare_storage(a.storage_path)
     name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = storage / name
-    if (run_dir / "search.json").exists():
-        raise UsageError(f"{run_dir} already holds a search; choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if storage.exists(f"{name}/search.json"):
+        raise UsageError(f"{storage.uri(name)} already holds a search; choose another --name")
+    run_dir = storage.local(name)
     try:
         ray = init_ray(a.address, run_dir / "search.log")
         check_gpus(space, a.gpus_per_trial is not None, ray)
@@ -197,9 +195,9 @@ def main(argv=None) -> int:
     from tuner.driver import run_search
 
     try:
-        return run_search(space, storage, name, a, argv)
+        return run_search(space, storage, name, a, argv, data=data)
     except USER_ERRORS:
-        if not (run_dir / "search.json").exists():  # refused before anything was recorded: no folder left
+        if not storage.exists(f"{name}/search.json"):  # refused before anything was recorded: no folder left
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 

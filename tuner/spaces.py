@@ -125,6 +125,18 @@ def apply_overrides(raw: dict, overrides: dict) -> dict:
     return raw
 
 
+PATH_KEYS = ("data_dir", "cache_dir", "teacher")
+
+
+def resolve_paths(values: dict) -> None:
+    """Relative data_dir / cache_dir / teacher (from --set or a space) mean the driver's working folder:
+    made absolute here, before any trial starts in a folder of its own."""
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if isinstance(value, str) and value not in ("auto", "none") and "://" not in value:
+            values[key] = str(Path(value).expanduser().resolve())
+
+
 def parse_space(name: str, overrides: dict | None = None) -> Space:
     path = resolve_space(name)
     where = path.name
@@ -161,6 +173,9 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
     for key in overrides or {}:  # --set and --epochs apply to every arm: the command line has the last word
         for recipe in arms.values():
             recipe.pop(key, None)
+    resolve_paths(fixed)
+    for recipe in arms.values():
+        resolve_paths(recipe)
     space = Space(path.stem, path, text, fixed, params, search, scheduler, resources, arms)
     if raw.get("study") is not None:
         space.study = _section(where, raw, "study", STUDY_DEFAULTS)

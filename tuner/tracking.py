@@ -323,10 +323,12 @@ class MLflowTrialCallback(Callback):
         """Heatmaps and density pictures of the trial's latest checkpoint. A figure that cannot be
         drawn is reported on the run and never stops the search."""
         try:
-            probe = Path(checkpoint.path) / PROBE_FILE if checkpoint is not None else None
-            if probe is None or not probe.exists() or self.tracker.run_dir is None:
+            if checkpoint is None or self.tracker.run_dir is None:
                 return
-            log_run_figures(self.tracker, run_id, probe, self.tracker.run_dir / "figures" / trial_id)
+            with checkpoint.as_directory() as folder:  # downloaded first when the storage is remote
+                probe = Path(folder) / PROBE_FILE
+                if probe.exists():
+                    log_run_figures(self.tracker, run_id, probe, self.tracker.run_dir / "figures" / trial_id)
         except Exception as e:  # noqa: BLE001 - pictures are a convenience; the results matter
             self.tracker.set_tags(run_id, {"sfkd.figures_error": f"{type(e).__name__}: {e}"[:500]})
 

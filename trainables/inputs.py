@@ -1,0 +1,48 @@
+"""What the driver sends every trial through Ray's object store, so that no path has to exist on a
+worker: the decoded data splits and the teacher file's bytes. A trial uses each only when its own
+config asks for exactly that data and that teacher; otherwise it loads them itself, by path."""
+import hashlib
+import json
+from dataclasses import dataclass
+
+from trainables.data import DataSplits, load_splits
+
+SPLIT_KEYS = ("dataset", "data_dir", "val_fraction", "split_seed", "train_subset", "val_subset", "download",
+              "synthetic_size", "synthetic_classes", "image_size")
+
+
+def split_args(cfg) -> dict:
+    """The config keys that decide which images a run trains, validates and tests on."""
+    return {k: getattr(cfg, k) for k in SPLIT_KEYS}
+
+
+def load_run_splits(cfg, full_train: bool = False) -> DataSplits:
+    return load_splits(**split_args(cfg), full_train=full_train)
+
+
+def splits_bytes(data: DataSplits) -> int:
+    return sum(t.numel() * t.element_size() for t in (data.train_x, data.train_y, data.val_x, data.val_y,
+                                                      data.test_x, data.test_y))
+
+
+@dataclass
+class TrialInputs:
+    data: DataSplits | None = None
+    data_key: str | None = None  # json of split_args the data was loaded with
+    teacher_file: str | None = None  # the driver's path: the name trials' configs use for this teacher
+    teacher_bytes: bytes | None = None
+
+    @staticmethod
+    def key(cfg) -> str:
+        return json.dumps(split_args(cfg), sort_keys=True)
+
+    def data_for(self, cfg) -> DataSplits | None:
+        return self.data if self.data is not None and self.data_key == self.key(cfg) else None
+
+    def teacher_for(self, cfg) -> bytes | None:
+        return self.teacher_bytes if self.teacher_file is not None and cfg.teacher == self.teacher_file else None
+
+
+def digest_bytes(blob: bytes) -> str:
+    """The same digest `teacher_cache.file_digest` gives the file these bytes were read from."""
+    return hashlib.sha1(blob).hexdigest()
