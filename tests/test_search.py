@@ -198,3 +198,32 @@ def test_registered_model_names_say_which_data_they_were_trained_on():
     assert name(dataset="imagefolder", data_dir="/data/flowers/") == "sfkd-resnet20-flowers"
     assert name(dataset="imagefolder", data_dir="/data/my birds.tar.gz") == "sfkd-resnet20-my-birds"
     assert name(dataset="imagefolder", data_dir="/data/flowers") != name(dataset="imagefolder", data_dir="/data/cars")
+
+
+@pytest.mark.slow
+def test_a_relative_data_dir_given_with_set_reaches_trials_that_run_in_folders_of_their_own(ray_session, tmp_path,
+                                                                                          monkeypatch):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("test", 3)):
+        for c in range(10):
+            (tmp_path / "tree" / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+                Image.fromarray(pixels).save(tmp_path / "tree" / split / f"c{c}" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # train_subset is searched, so the data is not sent through the object store: each trial reads
+    # the tree itself, from inside its own trial folder, by the path the driver resolved.
+    rc = search.main(["--space", "smoke", "--storage-path", "runs", "--tracking-uri", uri, "--name", "relative",
+                      "--num-samples", "2", "--epochs", "1", "--set", "scheduler.type=fifo",
+                      "--set", "dataset=imagefolder", "--set", "data_dir=tree", "--set", "train_subset={choice: [60, 80]}",
+                      "--set", "method=ft", "--set", "teacher=none", "--quiet"])
+    assert rc == 0
+    _, parents, runs = _runs(uri, "smoke")
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
+    assert len(children) == 2
+    for c in children:
+        assert c.data.params["data_dir"] == str(tmp_path / "tree")
+        assert c.data.tags["sfkd.status"] == "completed" and c.data.metrics["data_shipped"] == 0
