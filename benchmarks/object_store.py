@@ -6,7 +6,7 @@ in one run, on the smoke data and on a CIFAR-10 subset:
 
 Each trial is a fresh Ray actor (no actor reuse) running `SFKDTrainable` for `--epochs` KD epochs with
 the teacher-output cache off; modes alternate (store, path, store, ...). First result: from Ray's
-trial start to its first reported epoch (actor start, data and teacher load, one epoch). The ratio is
+`Tuner.fit()` to its first reported epoch (actor start, data and teacher load, one epoch). The ratio is
 path / store of the medians.
 """
 import argparse
@@ -34,14 +34,13 @@ from tuner.teacher import teacher_config, train_teacher  # noqa: E402
 
 
 class Clock(tune.Callback):
-    def __init__(self):
-        self.start, self.first, self.epochs = {}, {}, {}
+    """Seconds from `Tuner.fit()` to the trial's first result, and each epoch's own time."""
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.start[trial.trial_id] = time.perf_counter()
+    def __init__(self):
+        self.start, self.first, self.epochs = time.perf_counter(), {}, {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.first.setdefault(trial.trial_id, time.perf_counter() - self.start[trial.trial_id])
+        self.first.setdefault(trial.trial_id, time.perf_counter() - self.start)
         self.epochs.setdefault(trial.trial_id, []).append(result["time_this_iter_s"])
 
 
@@ -53,6 +52,7 @@ def one_trial(config: dict, inputs: TrialInputs, out: Path, tag: str) -> tuple[f
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
         run_config=tune.RunConfig(name=tag, storage_path=str(out), callbacks=[clock], verbose=0,
                                   stop={"epoch": config["epochs"]}))
+    clock.start = time.perf_counter()
     results = tuner.fit()
     if results.errors:
         sys.exit(f"error: {tag}: {results.errors[0]}")

@@ -93,6 +93,8 @@ CASES = [  # (id, argv, what the line must say)
      "has 10 classes; the dataset has 5"),
     ("unreadable teacher", S + ["--set", "teacher={r}/garbage.pt"], "cannot be read as a PyTorch checkpoint"),
     ("storage not writable", S + ["--storage-path", "{r}/afile/runs"], "is not writable"),
+    ("storage URI of no known kind", S + ["--storage-path", "nosuch://bucket/runs"],
+     "--storage-path nosuch://bucket/runs: Unrecognized filesystem type in URI"),
     ("zero samples", S + ["--num-samples", "0"], "search.num_samples: expected an integer >= 1"),
     ("max_t above epochs", S + ["--set", "scheduler.max_t=10"], "scheduler.max_t: 10 exceeds config.epochs (3)"),
     ("set without value", S + ["--set", "density"], "expected key=value"),
@@ -153,6 +155,8 @@ def test_an_auto_teacher_near_chance_stops_the_search_before_anything_is_recorde
     # Before it, only the teacher's own progress bar (stderr) and what the search found (stdout).
     lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("teacher resnet8:", "Token auth"))]
     assert len(lines) == 1 and lines[0].startswith("error: teacher resnet8 (auto, 1 epochs) has test top-1")
+    # The teacher trained as a Ray task; its epochs still reached the console.
+    assert "teacher resnet8: epoch 1/1 loss " in r.stderr
     assert "not clearly above chance (10.00% for 10 classes)" in lines[0]
     # What the search found is printed before any training.
     assert "data: synthetic (generated): 20 training / " in r.stdout and "10 classes, 32x32" in r.stdout

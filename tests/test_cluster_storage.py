@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from test_scale_out import _kill_cluster, free_port
 
@@ -153,6 +154,20 @@ def _assert_every_epoch_once(client, children):
         assert c.data.metrics["data_shipped"] == 1 and c.data.metrics["teacher_shipped"] == 1
 
 
+@pytest.mark.parametrize("where", ["a missing bucket", "a closed port"])
+def test_a_storage_uri_that_cannot_be_written_is_one_line_and_exit_2_before_anything_is_recorded(s3, tmp_path, where):
+    _, env = s3
+    if where == "a closed port":
+        env = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    uri = "s3://no-such-bucket/runs" if where == "a missing bucket" else f"s3://{BUCKET}/runs"
+    r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--storage-path", uri],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: --storage-path {uri} is not writable (") and "Traceback" not in r.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sfkd_runs").exists()
+
+
 @pytest.mark.slow
 def test_search_with_runs_in_s3_on_two_nodes_that_share_no_disk_survives_a_killed_driver_and_a_killed_node(
         s3, tmp_path, trained_teacher_file):
@@ -193,6 +208,12 @@ def test_search_with_runs_in_s3_on_two_nodes_that_share_no_disk_survives_a_kille
         chosen = next(c for c in children if c.data.tags["sfkd.trial_id"] == header["trial_id"])
         logged = Path(tracking.download_artifacts(chosen.info.run_id, "checkpoint/student.sfkd", str(tmp_path)))
         assert logged.read_bytes() == stored
+        # tuner.export, from MLflow alone, gives the same config the search wrote to the store.
+        exported = subprocess.run([sys.executable, "-m", "tuner.export", "--run", parent.info.run_id, "--tracking-uri",
+                                   f"sqlite:///{work}/mlflow.db", "--out", str(tmp_path / "best.yaml")],
+                                  cwd=work, capture_output=True, text=True, timeout=120)
+        assert exported.returncode == 0, exported.stderr
+        assert yaml.safe_load((tmp_path / "best.yaml").read_text()) == yaml.safe_load(best)
         assert not (work / "sfkd_runs").exists() and not (work / "s3:").exists()  # nothing went to a local folder
 
         # 2. The worker node dies (SIGKILL its raylet) while both running trials hold a second checkpoint.
