@@ -94,14 +94,28 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     data = load_splits("synthetic", synthetic_size=cfg["synthetic_size"], full_train=True)
     want = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std), "image_size": 32}
     assert want["classes"] == [f"class{i}" for i in range(10)]
-    source = Path(mlflow.artifacts.download_artifacts(artifact_uri=versions[0].source, tracking_uri=uri,
-                                                       dst_path=str(tmp_path / "registered")))
+    source = Path(client.download_artifacts(finals[0].info.run_id, "checkpoint", str(tmp_path / "registered")))
     # Exactly: the same floats, through JSON and through the checkpoint.
     assert json.loads((source / "preprocessing.json").read_text()) == want
     _, _, registered_meta = load_sparse(source / "student.sfkd")
     assert registered_meta["extra"]["preprocessing"] == want
     assert [json.loads(versions[0].tags[k]) for k in ("classes", "mean", "std")] == [want["classes"], want["mean"],
                                                                                       want["std"]]
+    # The registered version is an MLflow model: it loads by name and predicts the checkpoint's logits.
+    from trainables.models import create_model
+
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/sfkd-resnet8-synthetic/{versions[0].version}")
+    state, _, _ = load_sparse(source / "student.sfkd")
+    student = create_model("resnet8", 10).eval()
+    student.load_state_dict(state)
+    batch = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = student(batch).numpy()
+    got = loaded.predict(batch.numpy())
+    assert got.shape == (6, 10) and float(abs(got - expected).max()) <= 1e-5
+    for key in ("density", "nonzero_params", "test_acc_last"):
+        assert versions[0].tags[key]
     final_art = {f.path for f in client.list_artifacts(finals[0].info.run_id, "figures")}
     assert {"figures/attention_heatmaps.png", "figures/layer_density.png"} <= final_art
     assert_png(client.download_artifacts(finals[0].info.run_id, "figures/attention_heatmaps.png", str(tmp_path)))

@@ -23,7 +23,7 @@ from tuner.spaces import to_param_space
 from tuner.storage import RunStorage
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
 from tuner.teacher import teacher_config, train_teacher_on_ray
-from tuner.tracking import MLflowTrialCallback, SearchTracker, normalise_uri
+from tuner.tracking import MLflowTrialCallback, SearchTracker, check_tracking_store, normalise_uri
 
 
 def code_version() -> str:
@@ -143,6 +143,7 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
     preflight already loaded."""
     run_dir = storage.local(name)
     uri = normalise_uri(args.tracking_uri) if args.tracking_uri or not resume else resume["tracking_uri"]
+    check_tracking_store(uri)
     inputs = ship_data(space, data)
     teacher = resolve_teacher(space, storage, inputs)
     ship_teacher(space, inputs)
@@ -163,6 +164,7 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                            "study.reference": space.study["reference"], "study.arms": ",".join(space.study["arms"]),
                            "study.strata": ",".join(space.study["strata"])})
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
+                                            "mlflow.note.content": space.description or f"search of space {space.name}",
                                             "sfkd.study": str(space.study is not None).lower(),
                                             "sfkd.code_version": code_version()})
         tracker.log_text(tracker.parent_id, space.text, f"space/{space.path.name}")

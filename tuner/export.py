@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from trainables.config import DistillConfig
 from tuner.cli import OneLineParser, UsageError, run_cli
 from tuner.storage import parent_of
-from tuner.tracking import PARENT_TAG, normalise_uri
+from tuner.tracking import CONFIG_ARTIFACT, PARENT_TAG, tracking_client
 
 HEADER_KEYS = ("search_run_id", "experiment", "trial_id", "val_acc")
 
@@ -58,6 +58,19 @@ def config_from_params(params: dict) -> dict:
         else:
             out[key] = raw
     return out
+
+
+def trial_config(client: MlflowClient, run) -> dict:
+    """A trial's full config: its config.json artifact, or (runs recorded before it existed) its params,
+    which MLflow cuts at 500 characters."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            return json.loads(Path(client.download_artifacts(run.info.run_id, CONFIG_ARTIFACT, folder)).read_text())
+    except Exception:  # noqa: BLE001 - no such artifact: an older run
+        return config_from_params(run.data.params)
 
 
 def latest_search_run(client: MlflowClient, experiment: str):
@@ -108,13 +121,13 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", help="MLflow experiment name (default of a search: its space name, e.g. sfkd_gamma)")
     p.add_argument("--run", help="a search's parent run id (instead of the latest search in --experiment)")
     p.add_argument("--out", default="best_config.yaml", help="output YAML (default best_config.yaml)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     a = p.parse_args(argv)
-    client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
+    client = tracking_client(a.tracking_uri)
     parent = find_search_run(client, a.experiment, a.run)
     best = best_child(client, parent)
     storage = parent.data.params.get("storage")
-    out = write_best_config(Path(a.out).resolve(), config_from_params(best.data.params),
+    out = write_best_config(Path(a.out).resolve(), trial_config(client, best),
                             search_run_id=parent.info.run_id,
                             experiment=client.get_experiment(parent.info.experiment_id).name,
                             trial_id=best.data.tags.get("sfkd.trial_id"), val_acc=best.data.metrics["best_val_acc"],

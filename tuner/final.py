@@ -2,6 +2,7 @@
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,12 @@ from trainables.sparsity import save_sparse
 from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.export import read_header
 from tuner.figures import log_run_figures
+from tuner.mlflow_model import save_student_model
 from tuner.progress import epoch_postfix, training_bar
 from tuner.storage import is_uri
-from tuner.tracking import SearchTracker, normalise_uri
+from tuner.tracking import SearchTracker, check_tracking_store, normalise_uri
 
+MODEL_ARTIFACT = "model"
 PREPROCESSING_FILE = "preprocessing.json"  # class names, mean/std and image size, beside the checkpoint
 
 
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
         "in MLflow."))
     p.add_argument("--config", required=True, help="a best_config.yaml written by a search or tuner.export")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. epochs=1")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     p.add_argument("--experiment", help="MLflow experiment (default: the search's, else 'final')")
     p.add_argument("--out", help="output folder (default final-<time> under the search's --storage-path, else sfkd_runs/)")
     p.add_argument("--model-name", help="registered model name (default sfkd-<student>-<data>: the dataset, or the "
@@ -64,7 +67,9 @@ def main(argv=None) -> int:
     out = Path(a.out or storage / f"final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    tracker = SearchTracker(normalise_uri(a.tracking_uri), a.experiment or header.get("experiment", "final"), out)
+    uri = normalise_uri(a.tracking_uri)
+    check_tracking_store(uri)
+    tracker = SearchTracker(uri, a.experiment or header.get("experiment", "final"), out)
     run = DistillRun(cfg, full_train=True)
     note = teacher_budget_note(cfg, run.teacher_info)
     if note:
@@ -107,6 +112,10 @@ def main(argv=None) -> int:
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
     tracker.log_artifact(run_id, str(out / PREPROCESSING_FILE), "checkpoint")
+    model_dir = out / MODEL_ARTIFACT
+    shutil.rmtree(model_dir, ignore_errors=True)
+    save_student_model(model_dir, ckpt, out / PREPROCESSING_FILE)
+    tracker.log_artifact(run_id, str(model_dir))  # artifact "model/": MLmodel, the checkpoint, the code
     torch.save(run.last_probe, out / PROBE_FILE)
     log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")
     model_name = a.model_name or default_model_name(cfg)
@@ -146,7 +155,7 @@ def teacher_budget_note(cfg: DistillConfig, info: dict) -> str | None:
 
 
 def register(tracker: SearchTracker, run_id: str, name: str, tags: dict) -> str:
-    """A Model Registry version whose source is the run's sparse checkpoint artifact."""
+    """A Model Registry version whose source is the run's MLflow model (which holds the checkpoint)."""
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
@@ -154,7 +163,7 @@ def register(tracker: SearchTracker, run_id: str, name: str, tags: dict) -> str:
         client.create_registered_model(name)
     except MlflowException:
         pass  # already registered: add a version
-    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoint"
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
     version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
     return version.version
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from tuner.cli import OneLineParser, UsageError, run_cli
 from tuner.figures import FIGURE_DIR, PROBE_ARTIFACT, heatmap_figure, load_probe
-from tuner.tracking import normalise_uri
+from tuner.tracking import tracking_client
 
 
 def run_probe(client: MlflowClient, run_id: str, tmp: Path) -> tuple[str, dict]:
@@ -36,9 +36,9 @@ def main(argv=None) -> int:
         "then each run's student, with the foreground square and the foreground attention share."))
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN_ID", help="MLflow run ids (trial or final runs)")
     p.add_argument("--out", default="heatmaps.png", help="output PNG (default heatmaps.png)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     a = p.parse_args(argv)
-    client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
+    client = tracking_client(a.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         probes = [run_probe(client, r, Path(tmp)) for r in a.runs]
     sizes = {tuple(pr["images"].shape) for _, pr in probes}

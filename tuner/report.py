@@ -19,7 +19,7 @@ from tuner.export import find_search_run
 from tuner.figures import plt, save_figure
 from tuner.study import TABLE_HTML as STUDY_HTML
 from tuner.study import build_study
-from tuner.tracking import PARENT_TAG, normalise_uri
+from tuner.tracking import PARENT_TAG, tracking_client
 
 REPORT_DIR = "report"
 CURVES_FILE = "learning_curves.png"
@@ -269,10 +269,10 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", help="MLflow experiment name (default of a search: its space name)")
     p.add_argument("--run", help="search (parent) run id (default: the latest search in the experiment)")
     p.add_argument("--out", help="output folder (default sfkd_runs/report-<experiment>)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     p.add_argument("--no-log", action="store_true", help="write the files only; do not log them to MLflow")
     a = p.parse_args(argv)
-    client = MlflowClient(tracking_uri=normalise_uri(a.tracking_uri))
+    client = tracking_client(a.tracking_uri)
     parent = find_search_run(client, a.experiment, a.run)
     experiment = client.get_experiment(parent.info.experiment_id).name
     out = Path(a.out or f"sfkd_runs/report-{experiment}").resolve()

@@ -10,6 +10,7 @@ from pathlib import Path
 from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.spaces import available_spaces, parse_space
 from tuner.storage import RunStorage
+from tuner.tracking import check_tracking_store, normalise_uri
 
 DEFAULT_STORAGE = "sfkd_runs"
 # Ray's tables, TensorBoard hints and snapshot warnings stay out of the user's terminal.
@@ -34,7 +35,8 @@ def build_parser() -> OneLineParser:
         "run every arm with seeds 0..N-1 as a study (study.seeds): FIFO, nothing selected, a comparison table "
         "with paired differences, and each finished run's test accuracy"))
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: local Ray)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
+    p.add_argument("--tracking-uri", help=(
+        "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)"))
     p.add_argument("--experiment", help="MLflow experiment to record the search in (default: the space name)")
     p.add_argument("--storage-path", default=DEFAULT_STORAGE, help=(
         "run folders and checkpoints: a local folder (default ./sfkd_runs) or any URI Ray's storage accepts, "
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
     for line in space.warnings:
         print(line, file=sys.stderr)
     data = preflight(space)
+    check_tracking_store(normalise_uri(a.tracking_uri))  # before Ray starts or anything is written
     storage = prepare_storage(a.storage_path)
     name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if storage.exists(f"{name}/search.json"):

@@ -39,6 +39,7 @@ class Space:
     arms: dict = field(default_factory=dict)  # arm name -> its own recipe (config values over `config`)
     warnings: list = field(default_factory=list)  # printed before the search starts
     study: dict | None = None  # seeds, by, reference, arms (the compared values in order); None for a search
+    description: str = ""  # the space's own words: the parent run's description in MLflow
 
     def arm_configs(self) -> dict:
         """The fixed config of every arm (one unnamed arm when the space has none)."""
@@ -176,7 +177,8 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
     resolve_paths(fixed)
     for recipe in arms.values():
         resolve_paths(recipe)
-    space = Space(path.stem, path, text, fixed, params, search, scheduler, resources, arms)
+    space = Space(path.stem, path, text, fixed, params, search, scheduler, resources, arms,
+                  description=str(raw.get("description") or "").strip())
     if raw.get("study") is not None:
         space.study = _section(where, raw, "study", STUDY_DEFAULTS)
         if scheduler["type"] != "fifo":

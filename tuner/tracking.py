@@ -16,10 +16,12 @@ from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from ray.tune import Callback
 
 from trainables.config import ConfigError, DistillConfig
 from trainables.probe import PROBE_FILE
+from tuner.cli import UsageError
 from tuner.figures import log_run_figures
 
 # MLflow sets its own loggers to INFO when imported; its table-creation chatter stays out of the terminal.
@@ -37,19 +39,52 @@ NOT_METRICS = {"done", "epoch", "training_iteration", "timestamp", "time_this_it
                "timesteps_since_restore", "checkpoint_dir_name", "should_checkpoint"}
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the training view
+CONFIG_ARTIFACT = "config.json"  # a trial's full config; params are cut at 500 characters
+
+
 def default_tracking_uri() -> str:
-    return f"sqlite:///{Path('mlflow.db').resolve()}"
+    """MLFLOW_TRACKING_URI when set (as every MLflow tool reads it), else ./mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def normalise_uri(uri: str | None) -> str:
-    """Relative sqlite and file URIs become absolute before Ray changes working directories."""
-    if not uri:
-        return default_tracking_uri()
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db; relative sqlite and file URIs become
+    absolute before Ray changes working directories."""
+    uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     if "://" not in uri:
         return Path(uri).resolve().as_uri()
     return uri
+
+
+def check_tracking_store(uri: str) -> None:
+    """A tracking server that does not answer is one line and exit 2 at the start of a command, not a
+    traceback minutes later. (sqlite and file stores are created on first use.)"""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as r:
+            if r.status == 200:
+                return
+            reason = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        reason = f"HTTP {e.code} from /health"
+    except (OSError, ValueError) as e:
+        reason = str(getattr(e, "reason", None) or e)
+    raise UsageError(f"tracking URI {uri}: no MLflow server answers there ({reason}); start one, or give "
+                     f"--tracking-uri / MLFLOW_TRACKING_URI another store")
+
+
+def tracking_client(flag: str | None) -> MlflowClient:
+    """The client of --tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db, checked to answer."""
+    uri = normalise_uri(flag)
+    check_tracking_store(uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def numeric_metrics(result: dict) -> dict[str, float]:
@@ -88,11 +123,13 @@ class SearchTracker:
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            if exp.tags.get("mlflow.experimentKind") is None:
+                self.client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=location)
+        return self.client.create_experiment(self.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
 
     # -- the write queue ----------------------------------------------------------------------
     def _resolve(self, run_id: str) -> str:
@@ -150,6 +187,8 @@ class SearchTracker:
     # -- runs ---------------------------------------------------------------------------------
     def _new_run(self, name: str, tags: dict) -> str:
         placeholder = f"pending-{uuid.uuid4().hex}"
+        # MLflow's own source, user and git-commit tags, as its fluent API sets them (UI columns).
+        tags = {**resolve_tags(), **tags}
         self._submit({"op": "create_run", "placeholder": placeholder, "name": name, "tags": tags})
         return self._resolve(placeholder)
 
@@ -176,6 +215,7 @@ class SearchTracker:
             run_id = self._new_run(run_name, {PARENT_TAG: self.parent_id, "sfkd.trial_id": trial_id})
             self.children[trial_id] = run_id
             self.log_params(run_id, config)
+            self.log_text(run_id, json.dumps(config, indent=2, sort_keys=True), CONFIG_ARTIFACT)
         return self._resolve(self.children[trial_id])
 
     def log_params(self, run_id: str, config: dict) -> None:
