@@ -149,3 +149,105 @@ def test_search_on_a_two_node_ray_cluster_runs_trials_on_both_nodes(tmp_path, tr
         assert len(nodes) == 2, nodes  # Ray's own record of where each trial's epochs ran
     finally:
         _kill_cluster(temp_dir, port)
+
+
+class BlackHole:
+    """A loopback port that accepts connections and never answers, until closed."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 60
+        while True:  # the server that held the port may take a moment to let it go
+            try:
+                self.sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.sock.listen(64)
+        self.held, self.accepted = [], 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.accepted += 1
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:  # a request waiting on the hole fails now, and its sender tries again
+            conn.close()
+
+
+def _result_rows(run_dir: Path) -> int:
+    return sum(len(f.read_text().splitlines()) for f in run_dir.glob("*/result.json"))
+
+
+@pytest.mark.slow
+def test_trials_keep_training_while_the_tracking_server_black_holes_and_every_metric_arrives_once(
+        ray_session, tmp_path, trained_teacher_file):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path, port)
+    hole = search = None
+    epochs = 5
+    try:
+        # A write that reaches the hole waits an hour: if any MLflow call ran on Tune's controller
+        # thread, no result could arrive while the hole holds it.
+        env = {**os.environ, "MLFLOW_HTTP_REQUEST_TIMEOUT": "3600"}
+        search = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", "--space", "smoke", "--tracking-uri", uri, "--address",
+             ray_session.get_runtime_context().gcs_address, "--storage-path", str(tmp_path / "runs"), "--name", "hole",
+             "--num-samples", "4", "--epochs", str(epochs), "--set", "scheduler.type=fifo", "--set", "synthetic_size=600",
+             "--set", f"teacher={trained_teacher_file}", "--quiet"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        client = MlflowClient(uri)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the first logged epoch, then the server turns into a hole
+            time.sleep(0.5)
+            exp = client.get_experiment_by_name("smoke")
+            if exp and any("val_acc" in r.data.metrics for r in client.search_runs([exp.experiment_id])):
+                break
+        stop(server)
+        hole = BlackHole(port)
+        run_dir = tmp_path / "runs" / "hole"
+        before = _result_rows(run_dir)
+        deadline = time.monotonic() + 300
+        while _result_rows(run_dir) < before + 4 and search.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        during = _result_rows(run_dir) - before
+        assert during >= 4, f"only {during} results arrived while the server black-holed"
+        assert hole.accepted >= 1  # the writer really was waiting on the hole
+        hole.close()
+        hole = None
+        server = start_mlflow_server(tmp_path, port)
+        out, _ = search.communicate(timeout=600)
+        assert search.returncode == 0, out
+        if (run_dir / PENDING_FILE).exists():
+            r = subprocess.run([sys.executable, "-m", "tuner.sync", "--run-dir", str(run_dir)],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+        exp = client.get_experiment_by_name("smoke")
+        runs = client.search_runs([exp.experiment_id])
+        parents = [r for r in runs if r.data.tags.get("sfkd.kind") == "search"]
+        children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
+        assert len(parents) == 1 and len(children) == 4
+        for c in children:
+            assert c.data.tags["sfkd.status"] == "completed"
+            for key in ("val_acc", "loss", "lr"):
+                assert [m.step for m in client.get_metric_history(c.info.run_id, key)] == list(range(1, epochs + 1))
+    finally:
+        if hole is not None:
+            hole.close()
+        if search and search.poll() is None:
+            search.kill()
+        stop(server)

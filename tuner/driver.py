@@ -204,7 +204,11 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                                                         checkpoint_score_order=s["mode"]),
                 failure_config=tune.FailureConfig(max_failures=s["max_failures"])),
         )
-    results = tuner.fit()
+    tracker.start_writer()  # from here on, no MLflow call runs on Tune's controller thread
+    try:
+        results = tuner.fit()
+    finally:
+        tracker.stop_writer()
     mlflow_callback.on_experiment_end(trials=[])  # Ray has saved its final state: record what still waits
     if resume:
         mlflow_callback.reconcile(results)

@@ -13,6 +13,10 @@ CHECKPOINT_KEY, PREPROCESSING_KEY = "checkpoint", "preprocessing"
 
 
 class SparseStudent(mlflow.pyfunc.PythonModel):
+    # The input is a plain float array with no typed schema to validate; without this MLflow warns at
+    # import that `predict` has no type hints.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         import json
 

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,11 +27,9 @@ from tuner.figures import log_run_figures
 
 # MLflow sets its own loggers to INFO when imported; its table-creation chatter stays out of the terminal.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
-# Fail fast on an unreachable server (the queue keeps the write) instead of MLflow's minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
+WRITER_RETRY_S = 5.0  # how soon the writer tries again after the tracking server failed a write
 PARENT_TAG = "mlflow.parentRunId"
 PENDING_FILE = "mlflow_pending.jsonl"
 # Result fields that are bookkeeping rather than measurements of the trial.
@@ -111,14 +110,47 @@ class SearchTracker:
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged (a resume never logs it twice)
         self.pending: list[dict] = []
         self.real_id: dict[str, str] = {}  # placeholder -> run id
+        self._init_writer()
+
+    def _init_writer(self):
+        self._lock = threading.Lock()  # guards `pending`; only one thread at a time sends
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._stop = False
 
     # The client holds connections; a pickled tracker (inside Ray's tuner.pkl) rebuilds its own.
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "client"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("client", "_lock", "_wake", "_writer")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.client = MlflowClient(tracking_uri=self.uri)
+        self._init_writer()
+
+    # -- the background writer ----------------------------------------------------------------
+    def start_writer(self) -> None:
+        """From now on writes are sent by a thread of their own, so Ray Tune's controller (which calls
+        the callbacks) never waits on the tracking server: a server that is slow, down or black-holed
+        delays only the writes, which wait in the queue and the journal."""
+        if self._writer is None:
+            self._stop = False
+            self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
+            self._writer.start()
+
+    def stop_writer(self) -> int:
+        """Stop the thread and try once more from this one; returns how many writes are left."""
+        if self._writer is not None:
+            self._stop = True
+            self._wake.set()
+            self._writer.join()
+            self._writer = None
+        return self._send()
+
+    def _write_loop(self) -> None:
+        while not self._stop:
+            left = self._send()
+            self._wake.wait(WRITER_RETRY_S if left else None)
+            self._wake.clear()
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
@@ -159,19 +191,33 @@ class SearchTracker:
             self.client.log_text(run_id, op["text"], op["artifact_file"])
 
     def _submit(self, op: dict) -> None:
-        self.pending.append(op)
-        self.flush()
+        with self._lock:
+            self.pending.append(op)
+        if self._writer is not None:
+            self._wake.set()
+        else:
+            self._send()
 
     def flush(self) -> int:
+        """Send what is queued (the writer thread stopped first, if one runs). Returns how many are left."""
+        return self.stop_writer()
+
+    def _send(self) -> int:
         """Send queued writes in order; stop at the first failure. Returns how many are left."""
-        while self.pending:
+        while True:
+            with self._lock:
+                if not self.pending:
+                    break
+                op = self.pending[0]
             try:
-                self._execute(self.pending[0])
+                self._execute(op)
             except Exception:  # noqa: BLE001 - any failure to reach the store: keep the write
                 break
-            self.pending.pop(0)
-        self._persist()
-        return len(self.pending)
+            with self._lock:
+                self.pending.pop(0)
+        with self._lock:
+            self._persist()
+            return len(self.pending)
 
     def _persist(self) -> None:
         if self.run_dir is None:
