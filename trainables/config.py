@@ -98,7 +98,7 @@ class DistillConfig:
     # (epoch e sees view e mod V): an opt-in that CHANGES THE TRAINING DISTRIBUTION (fewer distinct crops).
     cache_views: int | None = None
     cache_max_gb: float = 4.0
-    cache_dir: str | None = None  # default: teacher_cache/ beside the teacher file
+    cache_dir: str | None = None  # default: node-local, teacher_cache.default_cache_root()
 
     def __post_init__(self):
         self.validate()
