@@ -28,7 +28,7 @@ from ray import tune  # noqa: E402
 
 from benchmarks.run import find_data  # noqa: E402
 from trainables.config import DistillConfig  # noqa: E402
-from trainables.inputs import TrialInputs, load_run_splits  # noqa: E402
+from trainables.inputs import TrialInputs, load_run_splits, split_args  # noqa: E402
 from trainables.sfkd import SFKDTrainable  # noqa: E402
 from tuner.teacher import teacher_config, train_teacher  # noqa: E402
 
@@ -68,7 +68,7 @@ def case(name: str, config: dict, out: Path, pairs: int) -> dict:
     train_teacher(tcfg, teacher, progress=False)
     config = {**config, "teacher": str(teacher)}
     cfg = DistillConfig.from_dict(config)
-    shipped = TrialInputs(data=load_run_splits(cfg), data_key=TrialInputs.key(cfg), teacher_file=str(teacher),
+    shipped = TrialInputs(data=load_run_splits(cfg), data_args=split_args(cfg), teacher_file=str(teacher),
                           teacher_bytes=teacher.read_bytes())
     row = {"case": name, "train_images": len(shipped.data.train_x), "store_first_s": [], "path_first_s": [],
            "store_epoch_s": [], "path_epoch_s": []}

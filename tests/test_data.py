@@ -133,3 +133,18 @@ def test_two_processes_unpacking_and_decoding_a_cold_archive_at_once_end_with_th
     digest = hashlib.sha1(blob["images"].numpy().tobytes() + blob["labels"].numpy().tobytes()).hexdigest()
     assert digest == got[0][1] and blob["images"].shape == (450, 3, 16, 16)
     assert not list(root.parent.glob("*.tmp")) and not list((tmp_path / "cache").glob(".unpack-*"))
+
+
+def test_shipped_splits_go_to_runs_that_ask_for_exactly_them_and_to_a_teacher_when_only_val_subset_differs():
+    from trainables.config import DistillConfig
+    from trainables.inputs import TrialInputs, load_run_splits, split_args
+
+    base = DistillConfig.from_dict({"dataset": "synthetic", "synthetic_size": 300, "val_subset": 10})
+    inputs = TrialInputs(data=load_run_splits(base), data_args=split_args(base))
+    teacher = DistillConfig.from_dict({"dataset": "synthetic", "synthetic_size": 300})  # no val_subset
+    other = DistillConfig.from_dict({"dataset": "synthetic", "synthetic_size": 300, "val_subset": 10, "split_seed": 1})
+    assert inputs.data_for(base) is inputs.data
+    assert inputs.data_for(teacher) is None  # a trial would validate on other images
+    assert inputs.data_for(teacher, train_only=True) is inputs.data  # same training and test images
+    assert inputs.data_for(other) is None and inputs.data_for(other, train_only=True) is None
+    assert torch.equal(load_run_splits(teacher).train_x, inputs.data.train_x)

@@ -9,6 +9,8 @@ from trainables.data import DataSplits, load_splits
 
 SPLIT_KEYS = ("dataset", "data_dir", "val_fraction", "split_seed", "train_subset", "val_subset", "download",
               "synthetic_size", "synthetic_classes", "image_size")
+# Which images train and test a run does not depend on these (val_subset picks among the held-out ones).
+NOT_TRAIN_KEYS = ("val_subset", "download")
 
 
 def split_args(cfg) -> dict:
@@ -28,16 +30,20 @@ def splits_bytes(data: DataSplits) -> int:
 @dataclass
 class TrialInputs:
     data: DataSplits | None = None
-    data_key: str | None = None  # json of split_args the data was loaded with
+    data_args: dict | None = None  # the split_args the data was loaded with
     teacher_file: str | None = None  # the driver's path: the name trials' configs use for this teacher
     teacher_bytes: bytes | None = None
 
-    @staticmethod
-    def key(cfg) -> str:
-        return json.dumps(split_args(cfg), sort_keys=True)
-
-    def data_for(self, cfg) -> DataSplits | None:
-        return self.data if self.data is not None and self.data_key == self.key(cfg) else None
+    def data_for(self, cfg, train_only: bool = False) -> DataSplits | None:
+        """The shipped splits if `cfg` asks for exactly them; `train_only`: a run that reads only the
+        training and test images (a teacher) also takes them when just the validation subset differs."""
+        if self.data is None:
+            return None
+        want, have = split_args(cfg), dict(self.data_args)
+        if train_only:
+            for k in NOT_TRAIN_KEYS:
+                want.pop(k), have.pop(k)
+        return self.data if json.dumps(want, sort_keys=True) == json.dumps(have, sort_keys=True) else None
 
     def teacher_for(self, cfg) -> bytes | None:
         return self.teacher_bytes if self.teacher_file is not None and cfg.teacher == self.teacher_file else None

@@ -12,7 +12,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from trainables import SFKDTrainable
 from trainables.config import DistillConfig
-from trainables.inputs import SPLIT_KEYS, TrialInputs, load_run_splits, splits_bytes
+from trainables.inputs import SPLIT_KEYS, TrialInputs, load_run_splits, split_args, splits_bytes
 from trainables.sfkd import CHECKPOINT_FILE
 from trainables.sparsity.checkpoint import read_header
 from trainables.teacher import check_worth_distilling, read_teacher_file
@@ -64,7 +64,7 @@ def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> tuple[Pa
         print(f"teacher {base.teacher_arch}: cached {path.name} (test top-1 {acc:.2f}%)", flush=True)
     else:
         res = space.resources
-        path, acc = train_teacher_on_ray(tcfg, path, "train", res["cpu"], res["gpu"], data=inputs.data_for(tcfg))
+        path, acc = train_teacher_on_ray(tcfg, path, "train", res["cpu"], res["gpu"], data=inputs.data_for(tcfg, train_only=True))
         storage.publish(path, rel)
         print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> "
               f"{storage.uri(rel)}", flush=True)
@@ -87,7 +87,7 @@ def ship_data(space, data=None) -> TrialInputs:
         data = data if data is not None else load_run_splits(base)
         size = splits_bytes(data)
         if size <= SHIP_MAX_BYTES:
-            inputs.data, inputs.data_key = data, TrialInputs.key(base)
+            inputs.data, inputs.data_args = data, split_args(base)
         else:
             print(f"data: {size / 1e9:.1f} GB decoded, over the object store's {SHIP_MAX_BYTES / 1e9:.0f} GB share: "
                   f"every node reads it from {base.data_dir}", flush=True)
