@@ -172,6 +172,8 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                  "tracking_uri": uri, "experiment": experiment, "argv": argv}
         storage.write_text(f"{name}/search.json", json.dumps(state, indent=2))
         print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{experiment}' at {uri}", flush=True)
+    if storage.remote:  # tuner.sync --run-dir reads it from this machine's folder of the run
+        (run_dir / "search.json").write_text(json.dumps(resume or state, indent=2))
     if teacher and not resume:
         tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[1]}, step=0)
         tracker.log_artifact(tracker.parent_id, str(teacher[0]), "teacher")
