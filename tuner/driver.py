@@ -117,6 +117,15 @@ class PrintCallback(Callback):
         self.p.ended(trial.trial_id, "failed")
 
 
+def reuse_actors() -> bool:
+    """Reuse trial processes on one machine (it saves their start-up). On a cluster, a cached process
+    on a node that died is handed the next trial, which then fails at once, and can fail again
+    until Ray has noticed the node is gone: seen here losing a trial when a worker node was killed."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+
+
 def build_searcher(space):
     s = space.search
     if s["searcher"] == "optuna":
@@ -197,7 +206,7 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
             param_space=to_param_space(space),
             tune_config=tune.TuneConfig(metric=s["metric"], mode=s["mode"], search_alg=build_searcher(space),
                                         scheduler=build_scheduler(space), num_samples=s["num_samples"],
-                                        reuse_actors=True),
+                                        reuse_actors=reuse_actors()),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage.location, callbacks=callbacks, verbose=0,
                 stop={"epoch": sch["max_t"]},
