@@ -7,7 +7,8 @@ import torch
 from trainables.probe import attention_map, attention_probe, foreground_share, probe_square
 from trainables.run import DistillRun
 from tuner.figures import DENSITY_CURVE_FILE, HEATMAP_FILE, LAYER_DENSITY_FILE, draw_run_figures, load_probe
-from tuner.report import importances, searched_keys
+from tuner.optuna_study import load_study, study_importances
+from tuner.report import searched_keys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,13 +69,35 @@ def test_a_run_draws_valid_heatmap_and_density_pngs_and_the_curve_only_when_prun
         assert data[:8] == PNG and len(data) > 5000
 
 
-def test_report_searches_only_differing_keys_and_skips_importances_with_too_few_trials():
+def _study_file(path, values, epochs):
+    """A real Optuna study in RDB storage, as a search records it: a log-scale gamma and each trial's
+    Ray id and epochs run."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="s", direction="maximize")
+    dist = {"gamma": FloatDistribution(1e-3, 1.0, log=True)}
+    for i, (value, n) in enumerate(zip(values, epochs)):
+        study.add_trial(optuna.trial.create_trial(params={"gamma": 10 ** -(i % 3) / 2}, distributions=dist, value=value,
+                                                  user_attrs={"ray_trial_id": f"t{i}", "epochs": n}))
+    return path
+
+
+def test_report_searches_only_differing_keys():
     trials = [{"trial_id": f"t{i}", "status": "completed", "best": 50.0 + i, "curve": [(1, 50.0 + i)],
                "params": {"gamma": str(0.1 * (i + 1)), "density": "0.5", "teacher": f"/x/{i}"}} for i in range(3)]
     assert searched_keys(trials) == ["gamma"]
-    assert importances(trials, ["gamma"]) is None
-    trials.append({**trials[0], "trial_id": "t3", "best": 40.0, "params": {**trials[0]["params"], "gamma": "0.9"}})
-    assert set(importances(trials, ["gamma"])) == {"gamma"}
+
+
+def test_importances_come_from_the_real_study_at_one_budget_or_say_that_they_mix_budgets(tmp_path):
+    study = load_study(_study_file(tmp_path / "a.db", [50, 60, 70, 40, 65], [4, 4, 4, 4, 2]))
+    assert study.best_trial.distributions["gamma"].log  # the space's log scale, kept
+    imp, note = study_importances(study, max_t=4)
+    assert set(imp) == {"gamma"} and "the 4 trials that ran the full budget of 4 epochs" in note
+    imp, note = study_importances(load_study(_study_file(tmp_path / "b.db", [50, 60, 70, 40, 65], [4, 2, 2, 2, 4])), 4)
+    assert set(imp) == {"gamma"} and "all 5 finished trials, which mix budgets (2 ran the full 4 epochs" in note
+    imp, note = study_importances(load_study(_study_file(tmp_path / "c.db", [50, 60, 70], [4, 4, 4])), 4)
+    assert imp is None and "at least 4 finished trials (3 finished)" in note
 
 
 def test_a_report_over_tied_trials_is_built_with_its_importances_skipped_and_said_so(tmp_path):
@@ -99,6 +122,7 @@ def test_a_report_over_tied_trials_is_built_with_its_importances_skipped_and_sai
         for step in (1, 2):
             client.log_metric(child.info.run_id, "val_acc", 10.0, step=step)
         client.log_metric(child.info.run_id, "best_val_acc", 10.0)
+    client.log_artifact(parent.info.run_id, str(_study_file(tmp_path / "optuna.db", [10.0] * 5, [2] * 5)), "optuna")
     rc = report_cli.main(["--experiment", "tied", "--tracking-uri", uri, "--out", str(tmp_path / "report")])
     assert rc == 0
     page = (tmp_path / "report" / "report.html").read_text()

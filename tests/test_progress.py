@@ -2,8 +2,9 @@
 from tuner.progress import TrialPrinter
 
 
-def _result(epoch, acc):
-    return {"epoch": epoch, "val_acc": acc, "loss": 1.0, "density": 0.5, "img_per_s": 100.0}
+def _result(epoch, acc, best=None):
+    return {"epoch": epoch, "val_acc": acc, "best_val_acc": acc if best is None else best, "loss": 1.0, "density": 0.5,
+            "img_per_s": 100.0}
 
 
 def test_one_line_per_result_and_a_status_line_with_counts_and_the_best_so_far(capsys):
@@ -23,6 +24,21 @@ def test_a_tie_in_the_best_value_goes_to_the_smaller_trial_id_like_the_final_pic
     p.result("aaaa", _result(3, 83.33))
     p.result("bbbb", _result(3, 83.33))
     assert p.best == (83.33, "aaaa")
+
+
+def test_the_best_so_far_is_a_trials_best_epoch_not_its_latest(capsys):
+    p = TrialPrinter(max_t=3)
+    p.result("aaaa", _result(2, 30.0, best=60.0))  # fell back from 60 at epoch 1
+    p.result("bbbb", _result(2, 50.0))
+    assert p.best == (60.0, "aaaa")
+
+
+def test_with_mode_min_the_smallest_val_loss_leads():
+    p = TrialPrinter(max_t=3, metric="val_loss", mode="min")
+    p.result("aaaa", {"epoch": 1, "val_loss": 0.9, "best_val_loss": 0.9})
+    p.result("bbbb", {"epoch": 1, "val_loss": 0.4, "best_val_loss": 0.4})
+    p.result("cccc", {"epoch": 1, "val_loss": float("inf"), "best_val_loss": float("inf"), "status": "diverged"})
+    assert p.best == (0.4, "bbbb")
 
 
 def test_teacher_training_bar_moves_every_batch_and_names_the_epoch(tmp_path, capsys):

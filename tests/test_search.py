@@ -1,5 +1,6 @@
 """The search end to end: real Ray, real MLflow sqlite store, real training on synthetic data."""
 import json
+import sys
 from pathlib import Path
 
 import mlflow
@@ -12,6 +13,7 @@ from trainables.precision import resolve_precision
 from trainables.sparsity import load_sparse
 from tuner import checkpoint, export, final, heatmaps, search
 from tuner import report as report_cli
+from tuner.optuna_study import STUDY_FILE, load_study
 from tuner.tracking import PARENT_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +47,17 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
         assert child.data.params["precision_used"] == resolve_precision("auto", torch.device("cpu"))
         statuses.append(child.data.tags["sfkd.status"])
     assert "stopped_early" in statuses and "completed" in statuses  # ASHA stopped some before max_t=3
+
+    # The search's own Optuna study, beside the run and on the parent run: told each trial's score
+    # under the ranking rule (its best val_acc, not its last), with the space's log scale kept.
+    study = load_study(smoke_search.run_dir / STUDY_FILE)
+    by_trial = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert len(by_trial) == 8 and study.trials[0].distributions["lr"].log
+    for child in children:
+        t = by_trial[child.data.tags["sfkd.trial_id"]]
+        assert t.value == pytest.approx(child.data.metrics["best_val_acc"])
+        assert t.user_attrs["epochs"] == int(child.data.tags["sfkd.epochs_run"])
+    assert any(f.path == f"optuna/{STUDY_FILE}" for f in client.list_artifacts(parent.info.run_id, "optuna"))
 
     best_id = parent.data.tags["sfkd.best_trial"]
     best = next(c for c in children if c.data.tags["sfkd.trial_id"] == best_id)
@@ -241,3 +254,65 @@ def test_a_relative_data_dir_given_with_set_reaches_trials_that_run_in_folders_o
     for c in children:
         assert c.data.params["data_dir"] == str(tmp_path / "tree")
         assert c.data.tags["sfkd.status"] == "completed" and c.data.metrics["data_shipped"] == 0
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_opens_the_searchs_study_with_the_readme_command(smoke_search, tmp_path):
+    import shutil
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    db = smoke_search.run_dir / STUDY_FILE
+    proc = subprocess.Popen([shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard"),
+                             f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, studies = time.monotonic() + 90, None
+        while studies is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard never answered"
+        (summary,) = studies
+        assert summary["study_name"] == "e2e" and summary["directions"] == ["maximize"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as r:
+            assert len(json.loads(r.read())["trials"]) == 8
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.slow
+def test_a_space_ranked_by_val_loss_min_picks_exports_and_reports_its_smallest_loss(ray_session, tmp_path,
+                                                                                     trained_teacher_file):
+    space = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    space["search"].update(metric="val_loss", mode="min", num_samples=4)
+    space["config"].update(teacher=str(trained_teacher_file), synthetic_size=600)
+    (tmp_path / "by_loss.yaml").write_text(yaml.safe_dump(space))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = search.main(["--space", str(tmp_path / "by_loss.yaml"), "--storage-path", str(tmp_path / "runs"),
+                      "--tracking-uri", uri, "--name", "loss", "--epochs", "2", "--quiet"])
+    assert rc == 0
+    client, (parent,), runs = _runs(uri, "by_loss")
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert len(children) == 4
+    for c in children:  # each trial's score is the smallest val_loss it reached
+        losses = [m.value for m in client.get_metric_history(c.info.run_id, "val_loss")]
+        assert c.data.metrics["best_val_loss"] == pytest.approx(min(losses))
+    smallest = min(children, key=lambda c: (c.data.metrics["best_val_loss"], c.data.tags["sfkd.trial_id"]))
+    assert parent.data.tags["sfkd.best_trial"] == smallest.data.tags["sfkd.trial_id"]
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(smallest.data.metrics["best_val_loss"])
+    assert export.main(["--run", parent.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "b.yaml")]) == 0
+    assert f"# sfkd.trial_id: {smallest.data.tags['sfkd.trial_id']}" in (tmp_path / "b.yaml").read_text()
+    study = load_study(tmp_path / "runs" / "loss" / STUDY_FILE)
+    assert study.direction.name == "MINIMIZE"
+    assert min(t.value for t in study.trials) == pytest.approx(smallest.data.metrics["best_val_loss"])
+    page = (tmp_path / "runs" / "loss" / "report" / "report.html").read_text()
+    assert "best val_loss" in page

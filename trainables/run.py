@@ -28,6 +28,8 @@ from trainables.sparsity import (
 from trainables.teacher import load_teacher
 
 LOSS_PARTS = ("ce", "kd", "fg", "bg", "at", "sp")
+# Each evaluated metric's best so far, reported as best_<split>_<name>: larger accuracy, smaller loss.
+BEST_OF = {"acc": max, "acc5": max, "loss": min}
 EXPLODED = 1000.0  # an epoch's loss this many times the first epoch's means the run has diverged
 
 
@@ -374,7 +376,10 @@ class DistillRun:
             ev = self.evaluate(split)
             metrics.update({f"{split}_acc": ev["acc"], f"{split}_acc5": ev["acc5"], f"{split}_loss": ev["loss"]})
             if ev["acc"] > self.best.get(f"best_{split}_acc", -1.0):
-                self.best = {f"best_{split}_acc": ev["acc"], f"best_{split}_acc5": ev["acc5"], "best_epoch": self.epoch}
+                self.best["best_epoch"] = self.epoch  # the epoch of the best top-1
+            for name, pick in BEST_OF.items():  # each metric's own best so far: what a search ranks by
+                key = f"best_{split}_{name}"
+                self.best[key] = pick(self.best.get(key, ev[name]), ev[name])
             if split == "val":  # a best epoch on test is selection on test: never a per-epoch metric
                 metrics.update(self.best)
             self.density_history.append((self.epoch, metrics["density"]))

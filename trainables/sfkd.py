@@ -61,6 +61,7 @@ class SFKDTrainable(tune.Trainable):
             # A NaN/inf loss ends the trial now. It reports the worst possible validation figures (Ray
             # requires the search metric in every result), so it can never rank as a best trial.
             worst = {"val_acc": float("-inf"), "val_acc5": float("-inf"), "val_loss": float("inf")}
+            worst.update({f"best_{k}": v for k, v in worst.items()})
             return {**metrics, **worst, "status": "diverged", "done": True}
         metrics["status"] = "ok"
         metrics["done"] = self.run.epoch >= self.run.cfg.epochs

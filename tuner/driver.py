@@ -17,7 +17,9 @@ from trainables.sfkd import CHECKPOINT_FILE
 from trainables.sparsity.checkpoint import read_header
 from trainables.teacher import check_worth_distilling, read_teacher_file
 from tuner.export import write_best_config
+from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, build_optuna_searcher
 from tuner.progress import TrialPrinter
+from tuner.ranking import ranked, score_of
 from tuner.report import log_report
 from tuner.spaces import to_param_space
 from tuner.storage import RunStorage
@@ -126,14 +128,10 @@ def reuse_actors() -> bool:
     return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
 
 
-def build_searcher(space):
+def build_searcher(space, run_dir: Path, name: str):
     s = space.search
     if s["searcher"] == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s["seed"]))
+        searcher = build_optuna_searcher(space, run_dir / STUDY_FILE, name)
         return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
     return BasicVariantGenerator(random_state=s["seed"], max_concurrent=s["max_concurrent"])
 
@@ -142,8 +140,10 @@ def build_scheduler(space):
     sch = space.scheduler
     if sch["type"] == "fifo":
         return FIFOScheduler()
+    # ASHA compares trials by the metric at its rung's epoch; Optuna (and the final pick) by the best so far.
     return ASHAScheduler(time_attr="epoch", max_t=sch["max_t"], grace_period=sch["grace_period"],
-                         reduction_factor=sch["reduction_factor"])
+                         reduction_factor=sch["reduction_factor"], metric=space.search["metric"],
+                         mode=space.search["mode"])
 
 
 def run_search(space, storage: RunStorage, name: str, args, argv: list[str], resume: dict | None = None,
@@ -204,7 +204,7 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space=to_param_space(space),
-            tune_config=tune.TuneConfig(metric=s["metric"], mode=s["mode"], search_alg=build_searcher(space),
+            tune_config=tune.TuneConfig(search_alg=build_searcher(space, run_dir, name),
                                         scheduler=build_scheduler(space), num_samples=s["num_samples"],
                                         reuse_actors=reuse_actors()),
             run_config=tune.RunConfig(
@@ -226,27 +226,26 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
     return finish(space, results, tracker, storage, name)
 
 
+def result_score(result, metric: str) -> float | None:
+    """A Ray result's score under the ranking rule; None for a trial that failed or diverged."""
+    last = result.metrics or {}
+    return None if result.error is not None or last.get("status") == "diverged" else score_of(last, metric)
+
+
 def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: str) -> int:
     """Upload the best trials' checkpoints, write best_config.yaml, close the parent run."""
     run_dir = storage.local(name)
     if space.study is not None:
         return finish_study(space, results, tracker, storage, name)
     metric, mode = space.search["metric"], space.search["mode"]
-    ranked = []
-    for r in results:
-        last = r.metrics or {}
-        if r.error is not None or last.get("status") == "diverged" or f"best_{metric}" not in last:
-            continue
-        ranked.append((last[f"best_{metric}"] if metric != "val_loss" else last.get(metric), r))
-    # Ties go to the smaller trial id, the same rule tuner.export falls back on.
-    sign = -1 if mode == "max" else 1
-    ranked.sort(key=lambda t: (sign * t[0], t[1].metrics["trial_id"]))
-    if not ranked:
+    publish_study(tracker, storage, name)
+    best_first = ranked(((result_score(r, metric), (r.metrics or {}).get("trial_id", ""), r) for r in results), mode)
+    if not best_first:
         tracker.end(tracker.parent_id, "FAILED")
         print("no trial finished; nothing to export", file=sys.stderr)
         report_pending(tracker, run_dir)
         return 1
-    for _, r in ranked[:space.search["keep_checkpoints"]]:
+    for _, _, r in best_first[:space.search["keep_checkpoints"]]:
         ckpt = r.get_best_checkpoint(metric, mode) or r.checkpoint
         trial_id = r.metrics["trial_id"]
         run_id = tracker.children.get(trial_id)
@@ -259,22 +258,22 @@ def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: st
             tracker.set_tags(run_id, {"sfkd.checkpoint.density": f"{head['measured_density']:.6f}",
                                       "sfkd.checkpoint.nonzero_params": head["nonzero_params"],
                                       "sfkd.checkpoint.size_bytes": f.stat().st_size})
-    used = sorted({r.metrics.get("precision") for _, r in ranked if r.metrics.get("precision")})
+    used = sorted({r.metrics.get("precision") for _, _, r in best_first if r.metrics.get("precision")})
     if len(used) > 1:  # `precision: auto` resolves per machine; a mixed cluster compares unlike arms
         print(f"warning: trials ran at different precisions ({', '.join(used)}); set precision: fp32 or bf16 "
               f"to compare them at one", file=sys.stderr)
-    best_value, best = ranked[0]
+    best_value, _, best = best_first[0]
     config = {k: v for k, v in best.config.items()}
     best_ckpt = best.get_best_checkpoint(metric, mode) or best.checkpoint
     in_store = storage.relative(best_ckpt.path) if best_ckpt is not None else None
     out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
                             experiment=tracker.experiment, trial_id=best.metrics["trial_id"],
-                            val_acc=round(best_value, 4), storage_path=storage.location,
+                            **{metric: round(best_value, 4)}, storage_path=storage.location,
                             checkpoint=storage.uri(in_store, CHECKPOINT_FILE) if in_store else None)
     storage.publish(out, f"{name}/best_config.yaml")
     tracker.log_artifact(tracker.parent_id, str(out))
     tracker.log_metrics(tracker.parent_id, {f"best_{metric}": best_value,
-                                            "trials_finished": len(ranked), "trials_total": len(results)}, step=0)
+                                            "trials_finished": len(best_first), "trials_total": len(results)}, step=0)
     tracker.set_tags(tracker.parent_id, {"sfkd.best_trial": best.metrics["trial_id"]})
     print(f"best trial {best.metrics['trial_id']}: {metric} {best_value:.2f}; best config -> {out}", flush=True)
     try:
@@ -301,6 +300,7 @@ def finish_study(space, results, tracker: SearchTracker, storage: RunStorage, na
     """A study selects nothing: no best config, no checkpoint upload. It writes its comparison table
     (Markdown, HTML, figure) to the parent run and prints it."""
     run_dir = storage.local(name)
+    publish_study(tracker, storage, name)
     ok = [r for r in results if r.error is None and (r.metrics or {}).get("status") == "ok"]
     tracker.log_metrics(tracker.parent_id, {"runs_finished": len(ok), "runs_total": len(results)}, step=0)
     try:
@@ -315,6 +315,14 @@ def finish_study(space, results, tracker: SearchTracker, storage: RunStorage, na
     tracker.end(tracker.parent_id, "FINISHED" if ok else "FAILED")
     report_pending(tracker, run_dir)
     return 0 if ok else 1
+
+
+def publish_study(tracker: SearchTracker, storage: RunStorage, name: str) -> None:
+    """The Optuna study (optuna.db) goes to the storage and to the parent run, where the report reads it."""
+    path = storage.local(name) / STUDY_FILE
+    if path.exists():
+        storage.publish(path, f"{name}/{STUDY_FILE}")
+        tracker.log_artifact(tracker.parent_id, str(path), STUDY_ARTIFACT_DIR)
 
 
 def report_pending(tracker: SearchTracker, run_dir: Path) -> None:

@@ -9,10 +9,9 @@ from mlflow.tracking import MlflowClient
 
 from trainables.config import DistillConfig
 from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.ranking import ranked, score_key, score_of
 from tuner.storage import parent_of
 from tuner.tracking import CONFIG_ARTIFACT, PARENT_TAG, tracking_client
-
-HEADER_KEYS = ("search_run_id", "experiment", "trial_id", "val_acc")
 
 
 def write_best_config(path: Path, config: dict, **header) -> Path:
@@ -100,18 +99,23 @@ def find_search_run(client: MlflowClient, experiment: str | None, run_id: str | 
     return latest_search_run(client, experiment)
 
 
-def best_child(client: MlflowClient, parent, metric: str = "best_val_acc"):
+def search_objective(parent) -> tuple[str, str]:
+    """The metric and mode a search ranked its trials by (its space's), from its parent run."""
+    params = parent.data.params
+    return params.get("search.metric", "val_acc"), params.get("search.mode", "max")
+
+
+def best_child(client: MlflowClient, parent):
+    """The search's best trial under the ranking rule (the pick the search itself recorded, when it did)."""
+    metric, mode = search_objective(parent)
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                   max_results=5000)
-    ok = [r for r in children if r.data.tags.get("sfkd.status") not in ("diverged", "error") and metric in r.data.metrics]
-    if not ok:
-        raise UsageError(f"search run {parent.info.run_id} has no finished trial with {metric}")
-    # The search's own choice wins, so ties in val_acc cannot make export disagree with best_config.yaml.
+    best_first = ranked(((score_of(r.data.metrics, metric) if r.data.tags.get("sfkd.status") not in ("diverged", "error")
+                          else None, r.data.tags.get("sfkd.trial_id", ""), r) for r in children), mode)
+    if not best_first:
+        raise UsageError(f"search run {parent.info.run_id} has no finished trial with {score_key(metric)}")
     chosen = parent.data.tags.get("sfkd.best_trial")
-    for r in ok:
-        if chosen and r.data.tags.get("sfkd.trial_id") == chosen:
-            return r
-    return min(ok, key=lambda r: (-r.data.metrics[metric], r.data.tags.get("sfkd.trial_id", "")))
+    return next((r for _, trial_id, r in best_first if chosen and trial_id == chosen), best_first[0][2])
 
 
 def main(argv=None) -> int:
@@ -126,13 +130,15 @@ def main(argv=None) -> int:
     client = tracking_client(a.tracking_uri)
     parent = find_search_run(client, a.experiment, a.run)
     best = best_child(client, parent)
+    metric, _ = search_objective(parent)
+    score = score_of(best.data.metrics, metric)
     storage = parent.data.params.get("storage")
     out = write_best_config(Path(a.out).resolve(), trial_config(client, best),
                             search_run_id=parent.info.run_id,
                             experiment=client.get_experiment(parent.info.experiment_id).name,
-                            trial_id=best.data.tags.get("sfkd.trial_id"), val_acc=best.data.metrics["best_val_acc"],
+                            trial_id=best.data.tags.get("sfkd.trial_id"), **{metric: score},
                             storage_path=parent_of(storage) if storage else None)
-    print(f"best trial {best.data.tags.get('sfkd.trial_id')} (val_acc {best.data.metrics['best_val_acc']:.2f}) -> {out}")
+    print(f"best trial {best.data.tags.get('sfkd.trial_id')} ({metric} {score:.2f}) -> {out}")
     return 0
 
 

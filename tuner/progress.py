@@ -2,6 +2,8 @@ import sys
 
 from tqdm import tqdm
 
+from tuner.ranking import better, score_of
+
 
 def training_bar(epochs: int, batches_per_epoch: int, desc: str, enabled: bool = True) -> tqdm:
     """A bar that moves every batch: a real-data teacher epoch on a CPU takes tens of minutes."""
@@ -22,21 +24,14 @@ class TrialPrinter:
         self.best = None
         self.states: dict[str, str] = {}
 
-    def _better(self, value, trial_id: str) -> bool:
-        if self.best is None:
-            return True
-        if value == self.best[0]:
-            return trial_id < self.best[1]  # the tie rule of the search's final pick
-        return value > self.best[0] if self.mode == "max" else value < self.best[0]
-
     def result(self, trial_id: str, r: dict) -> None:
         import time
 
         self.start = self.start or time.monotonic()
         self.states[trial_id] = "running"
-        value = r.get(self.metric)
-        if value is not None and self._better(value, trial_id):
-            self.best = (value, trial_id)
+        value, score = r.get(self.metric), score_of(r, self.metric)
+        if score is not None and r.get("status") != "diverged" and better((score, trial_id), self.best, self.mode):
+            self.best = (score, trial_id)
         shown = f"{value:6.2f}" if value is not None else "   n/a"
         extra = "  DIVERGED" if r.get("status") == "diverged" else ""
         print(f"[{time.monotonic() - self.start:7.1f}s] trial {trial_id}  epoch {r.get('epoch', 0):>3}/{self.max_t}  "

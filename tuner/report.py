@@ -15,8 +15,10 @@ from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 
 from tuner.cli import OneLineParser, UsageError, run_cli
-from tuner.export import find_search_run
+from tuner.export import find_search_run, search_objective
 from tuner.figures import plt, save_figure
+from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, load_study, study_importances
+from tuner.ranking import ranked, score_key, score_of
 from tuner.study import TABLE_HTML as STUDY_HTML
 from tuner.study import build_study
 from tuner.tracking import PARENT_TAG, tracking_client
@@ -26,22 +28,24 @@ CURVES_FILE = "learning_curves.png"
 PARAMS_FILE = "metric_vs_params.png"
 IMPORTANCE_FILE = "param_importances.png"
 HTML_FILE = "report.html"
-MIN_TRIALS_FOR_IMPORTANCE = 4
+METRIC_LABELS = {"val_acc": "validation top-1 accuracy (%)", "val_acc5": "validation top-5 accuracy (%)",
+                 "val_loss": "validation cross-entropy"}
 # Keys that differ between trials without being searched.
 NOT_SEARCHED = {"teacher", "data_dir", "seed"}
 
 
-def load_trials(client: MlflowClient, parent) -> list[dict]:
-    """Each child run of a search: trial id, status, params, best val_acc and the val_acc curve."""
+def load_trials(client: MlflowClient, parent, metric: str = "val_acc") -> list[dict]:
+    """Each child run of a search: trial id, status, params, its score under the ranking rule and the
+    curve of the search's metric."""
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                   max_results=5000)
     trials = []
     for run in children:
-        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
         trials.append({"trial_id": run.data.tags.get("sfkd.trial_id", run.info.run_id[:8]),
                        "status": run.data.tags.get("sfkd.status", run.info.status.lower()),
                        "params": dict(run.data.params), "curve": history,
-                       "best": run.data.metrics.get("best_val_acc"), "run_id": run.info.run_id})
+                       "best": score_of(run.data.metrics, metric), "run_id": run.info.run_id})
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
@@ -63,10 +67,14 @@ def finished(trials: list[dict]) -> list[dict]:
     return [t for t in trials if t["best"] is not None and t["status"] not in ("diverged", "error")]
 
 
-def curves_figure(trials: list[dict], path: Path, max_t: int | None) -> Path:
+def best_first(trials: list[dict], mode: str) -> list[dict]:
+    """Finished trials, best first, under the ranking rule."""
+    return [t for _, _, t in ranked(((t["best"], t["trial_id"], t) for t in finished(trials)), mode)]
+
+
+def curves_figure(trials: list[dict], path: Path, max_t: int | None, metric: str = "val_acc", mode: str = "max") -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    done = finished(trials)
-    best = max(done, key=lambda t: t["best"]) if done else None
+    best = next(iter(best_first(trials, mode)), None)
     styles = {"completed": ("tab:blue", "o", "ran the full budget"), "stopped_early": ("tab:gray", "x", "stopped by ASHA")}
     seen = set()
     for t in trials:
@@ -84,7 +92,7 @@ def curves_figure(trials: list[dict], path: Path, max_t: int | None) -> Path:
     if max_t:
         ax.axvline(max_t, color="black", linestyle=":", linewidth=1, label=f"max_t = {max_t}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 accuracy (%)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Learning curves of {len(trials)} trials; markers show where each trial ended", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
@@ -93,7 +101,7 @@ def curves_figure(trials: list[dict], path: Path, max_t: int | None) -> Path:
     return save_figure(fig, path)
 
 
-def params_figure(trials: list[dict], keys: list[str], path: Path) -> Path | None:
+def params_figure(trials: list[dict], keys: list[str], path: Path, metric: str = "val_acc") -> Path | None:
     done = finished(trials)
     if not keys or not done:
         return None
@@ -114,66 +122,48 @@ def params_figure(trials: list[dict], keys: list[str], path: Path) -> Path | Non
         colors = ["tab:gray" if t["status"] == "stopped_early" else "tab:blue" for t in done]
         ax.scatter(xs, [t["best"] for t in done], c=colors, s=30, edgecolors="black", linewidths=0.4)
         ax.set_xlabel(key)
-        ax.set_ylabel("best val_acc (%)")
+        ax.set_ylabel(f"best {metric}")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.suptitle("Best validation accuracy of each trial against each searched hyperparameter "
+    fig.suptitle(f"Best {metric} of each trial against each searched hyperparameter "
                  "(blue: full budget, gray: stopped by ASHA)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def importances(trials: list[dict], keys: list[str]) -> dict[str, float] | None:
-    """Optuna's fANOVA importances of the searched keys for best val_acc, or None when too few trials."""
-    done = finished(trials)
-    if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not keys:
-        return None
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
+def recorded_importances(client: MlflowClient, parent, max_t: int | None) -> tuple[dict[str, float] | None, str]:
+    """Importances from the Optuna study the search recorded on its parent run (optuna/optuna.db)."""
+    import tempfile
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists, values = {}, {}
-    for key in keys:
-        raw = [t["params"].get(key) for t in done]
-        nums = [_number(v) for v in raw]
-        if all(n is not None for n in nums):
-            lo, hi = min(nums), max(nums)
-            if lo == hi:
-                continue
-            dists[key], values[key] = FloatDistribution(lo, hi), nums
-        else:
-            cats = tuple(sorted(set(map(str, raw))))
-            if len(cats) < 2:
-                continue
-            dists[key], values[key] = CategoricalDistribution(cats), list(map(str, raw))
-    if not dists:
-        return None
-    study = optuna.create_study(direction="maximize")
-    for i, t in enumerate(done):
-        study.add_trial(optuna.trial.create_trial(params={k: values[k][i] for k in dists}, distributions=dists,
-                                                  value=t["best"]))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(parent.info.run_id, f"{STUDY_ARTIFACT_DIR}/{STUDY_FILE}", folder)
+        except Exception:  # noqa: BLE001 - MLflow raises its own for a missing artifact
+            return None, "Importances need the search's Optuna study; this search recorded none."
+        study = load_study(Path(path))
+        try:
+            return study_importances(study, max_t)
+        except (RuntimeError, ValueError) as e:  # e.g. every trial tied: fANOVA has no variance to split
+            return None, f"Importances skipped: Optuna could not compute them ({e})."
 
 
-def importance_figure(imp: dict[str, float], n_trials: int, path: Path) -> Path:
+def importance_figure(imp: dict[str, float], objective: str, path: Path) -> Path:
     names = list(imp)[::-1]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(names) + 1.6))
     ax.barh(names, [imp[k] for k in names], color="tab:green")
     for y, k in enumerate(names):
         ax.text(imp[k], y, f" {imp[k]:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.1)
-    ax.set_xlabel("importance for best val_acc (fANOVA, sums to 1)")
-    ax.set_title(f"Optuna parameter importances over {n_trials} finished trials", fontsize=10)
+    ax.set_xlabel(f"importance for {objective} (fANOVA, sums to 1)")
+    ax.set_title("Optuna parameter importances, from the search's own study", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def top_configs(trials: list[dict], keys: list[str], n: int = 5) -> list[dict]:
-    ranked = sorted(finished(trials), key=lambda t: (-t["best"], t["trial_id"]))[:n]
-    return [{"trial": t["trial_id"], "status": t["status"], "epochs": len(t["curve"]), "best val_acc": f"{t['best']:.2f}",
-             **{k: _shown(t["params"].get(k, "")) for k in keys}} for t in ranked]
+def top_configs(trials: list[dict], keys: list[str], n: int = 5, metric: str = "val_acc", mode: str = "max") -> list[dict]:
+    return [{"trial": t["trial_id"], "status": t["status"], "epochs": len(t["curve"]), f"best {metric}": f"{t['best']:.4g}",
+             **{k: _shown(t["params"].get(k, "")) for k in keys}} for t in best_first(trials, mode)[:n]]
 
 
 def _shown(text: str) -> str:
@@ -211,34 +201,28 @@ def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
     """Every report file of one search run into out_dir. Returns the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials = load_trials(client, parent)
+    metric, mode = search_objective(parent)
+    trials = load_trials(client, parent, metric)
     if not trials:
         raise UsageError(f"search run {parent.info.run_id} has no trials to report")
     params = parent.data.params
     max_t = int(_number(params.get("scheduler.max_t")) or 0) or None
     keys = searched_keys(trials)
-    files = [curves_figure(trials, out_dir / CURVES_FILE, max_t)]
-    pfig = params_figure(trials, keys, out_dir / PARAMS_FILE)
+    files = [curves_figure(trials, out_dir / CURVES_FILE, max_t, metric, mode)]
+    pfig = params_figure(trials, keys, out_dir / PARAMS_FILE, metric)
     files += [pfig] if pfig else []
-    imp, skipped = None, (f"Importances need Optuna as the searcher and at least {MIN_TRIALS_FOR_IMPORTANCE} "
-                          "finished trials.")
+    imp, note = None, "Importances need Optuna as the searcher."
     if params.get("search.searcher", "optuna") == "optuna":
-        try:
-            imp = importances(trials, keys)
-        except (RuntimeError, ValueError) as e:  # e.g. every trial tied: fANOVA has no variance to split
-            skipped = f"Importances skipped: Optuna could not compute them ({e})."
-    ifig = importance_figure(imp, len(finished(trials)), out_dir / IMPORTANCE_FILE) if imp else None
+        imp, note = recorded_importances(client, parent, max_t)
+    ifig = importance_figure(imp, score_key(metric), out_dir / IMPORTANCE_FILE) if imp else None
     files += [ifig] if ifig else []
-    note = (skipped if imp is None else
-            "Importances: Optuna's fANOVA on each trial's best val_acc (a trial stopped early counts with "
-            "the best it reached).")
     counts = {s: sum(t["status"] == s for t in trials) for s in sorted({t["status"] for t in trials})}
     summary = {"search run": parent.info.run_id, "space": params.get("space", parent.data.tags.get("sfkd.space", "")),
                "trials": len(trials), "by status": ", ".join(f"{k} {v}" for k, v in counts.items()),
                "searched": ", ".join(keys) or "(none)", "searcher": params.get("search.searcher", ""),
                "scheduler": f"{params.get('scheduler.type', '')}, max_t {max_t}",
                "built": time.strftime("%Y-%m-%d %H:%M:%S")}
-    figures = [(files[0], "learning curves"), (pfig, "val_acc against searched hyperparameters"),
+    figures = [(files[0], "learning curves"), (pfig, f"{metric} against searched hyperparameters"),
                (ifig, "parameter importances")]
     study_html = ""
     if "study.compare_by" in params:  # a study: its comparison table and figure lead the page
@@ -248,14 +232,15 @@ def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
         figures.insert(0, (study_files[-1], "study comparison"))
         note = "A study selects nothing; the importances and top configs below are descriptive only. " + note
     page = html_page(f"{'Study' if study_html else 'Search'} report: {parent.info.run_name}", summary, figures,
-                     top_configs(trials, keys), note, study_html)
+                     top_configs(trials, keys, metric=metric, mode=mode), note, study_html)
     (out_dir / HTML_FILE).write_text(page)
     return files + [out_dir / HTML_FILE]
 
 
 def log_report(tracker, out_dir: Path) -> list[Path]:
     """Build the report of the tracker's search and log it to the parent run (driver side)."""
-    tracker.flush()
+    if tracker.flush():  # the report reads MLflow back: not while the server misses writes
+        raise ConnectionError(f"MLflow writes to {tracker.uri} are still pending")
     files = build_report(tracker.client, tracker.client.get_run(tracker.parent_id), out_dir)
     for f in files:
         tracker.log_artifact(tracker.parent_id, str(f), REPORT_DIR)

@@ -16,10 +16,6 @@ DEFAULT_STORAGE = "sfkd_runs"
 # Ray's tables, TensorBoard hints and snapshot warnings stay out of the user's terminal.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# A search's writes wait in its own queue and journal, which retry every few seconds from a thread of
-# their own; MLflow's minutes of in-call retries would only hold that queue up. Other commands keep them.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def build_parser() -> OneLineParser:

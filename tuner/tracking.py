@@ -16,8 +16,10 @@ import uuid
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 from ray.tune import Callback
 
 from trainables.config import ConfigError, DistillConfig
@@ -30,6 +32,8 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in our output
 
 WRITER_RETRY_S = 5.0  # how soon the writer tries again after the tracking server failed a write
+WRITER_DRAIN_S = 60.0  # how long the end of a search waits for a write the server has not answered yet
+RUN_KEY_TAG = "sfkd.run_key"  # a run's own write key: a create sent twice still makes one run
 PARENT_TAG = "mlflow.parentRunId"
 PENDING_FILE = "mlflow_pending.jsonl"
 # Result fields that are bookkeeping rather than measurements of the trial.
@@ -137,12 +141,18 @@ class SearchTracker:
             self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True)
             self._writer.start()
 
-    def stop_writer(self) -> int:
-        """Stop the thread and try once more from this one; returns how many writes are left."""
+    def stop_writer(self, wait_s: float = WRITER_DRAIN_S) -> int:
+        """Stop the thread and try once more from this one; returns how many writes are left. A thread
+        still inside a call to a server that does not answer is left to it (its writes are idempotent,
+        so one the journal keeps and the thread then sends is never recorded twice)."""
         if self._writer is not None:
             self._stop = True
             self._wake.set()
-            self._writer.join()
+            self._writer.join(wait_s)
+            if self._writer.is_alive():
+                with self._lock:
+                    self._persist()
+                    return len(self.pending)
             self._writer = None
         return self._send()
 
@@ -170,11 +180,11 @@ class SearchTracker:
     def _execute(self, op: dict) -> None:
         kind = op["op"]
         if kind == "create_run":
-            run = self.client.create_run(self.experiment_id, run_name=op["name"], tags=op["tags"])
-            self.real_id[op["placeholder"]] = run.info.run_id
+            run_id = self._create_run(op)
+            self.real_id[op["placeholder"]] = run_id
             for trial, rid in self.children.items():
                 if rid == op["placeholder"]:
-                    self.children[trial] = run.info.run_id
+                    self.children[trial] = run_id
             return
         run_id = self._resolve(op["run_id"])
         if run_id.startswith("pending-"):
@@ -189,6 +199,25 @@ class SearchTracker:
             self.client.log_artifact(run_id, op["path"], op["artifact_path"])
         elif kind == "text":
             self.client.log_text(run_id, op["text"], op["artifact_file"])
+
+    def _create_run(self, op: dict) -> str:
+        """Exactly one run per create, even when an earlier try reached the store but its answer was
+        lost: the run carries its placeholder as a key that every try looks up first, and over HTTP the
+        create is sent once per try (MLflow's in-call retries would send again a POST whose answer timed
+        out, making a second run)."""
+        key = op["placeholder"]
+        found = self.client.search_runs([self.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {**op["tags"], RUN_KEY_TAG: key}
+        store = self.client._tracking_client.store  # noqa: SLF001 - the REST store's credentials
+        if not isinstance(store, RestStore):
+            return self.client.create_run(self.experiment_id, run_name=op["name"], tags=tags).info.run_id
+        endpoint = "/api/2.0/mlflow/runs/create"
+        body = {"experiment_id": self.experiment_id, "run_name": op["name"], "start_time": int(time.time() * 1000),
+                "user_id": tags.get("mlflow.user", "unknown"), "tags": [{"key": k, "value": str(v)} for k, v in tags.items()]}
+        response = http_request(store.get_host_creds(), endpoint, "POST", max_retries=0, json=body)
+        return verify_rest_response(response, endpoint).json()["run"]["info"]["run_id"]
 
     def _submit(self, op: dict) -> None:
         with self._lock:
