@@ -122,7 +122,7 @@ def test_the_mlflow_ui_lists_the_search_and_its_trials_and_opens_the_report_and_
     row.find_element(By.TAG_NAME, "button").click()
     names = [c.info.run_name for c in children]
     _wait(d, lambda: all(n in _page_text(d) for n in names), f"all {len(names)} trial runs")
-    _shoot(d, tmp_path / "mlflow-runs.png")
+    _shoot(d, tmp_path / "mlflow-trials.png")
 
     d.get(f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/report/report.html")
     frame = _wait(d, lambda: d.find_elements(By.TAG_NAME, "iframe"), "the report's HTML view")[0]
@@ -139,5 +139,5 @@ def test_the_mlflow_ui_lists_the_search_and_its_trials_and_opens_the_report_and_
     _wait(d, lambda: d.execute_script(
         "return [...document.images].some(i => i.complete && i.naturalWidth >= 1000)"), "the heatmap PNG")
     _shoot(d, tmp_path / "mlflow-heatmaps.png")
-    for name in ("mlflow-runs.png", "mlflow-report.png", "mlflow-heatmaps.png"):
+    for name in ("mlflow-trials.png", "mlflow-report.png", "mlflow-heatmaps.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from test_browser import _close_assistant, _page_text, _shoot, _wait, chromium  # noqa: F401 - the browser fixture
 from test_cluster_storage import BUCKET, _keys, s3  # noqa: F401 - the S3 server fixture
 from test_scale_out import free_port
 
@@ -76,7 +77,7 @@ def team_server(postgres, s3, tmp_path):  # noqa: F811 - the fixture imported ab
 
 @pytest.mark.slow
 def test_search_export_final_and_report_run_against_a_postgres_and_s3_mlflow_server_named_only_by_the_environment(
-        team_server, s3, tmp_path):  # noqa: F811 - the fixture imported above
+        team_server, s3, chromium, tmp_path):  # noqa: F811 - the fixture imported above
     uri, _ = team_server
     # Only MLFLOW_TRACKING_URI says where runs go: no --tracking-uri anywhere below.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
@@ -143,3 +144,31 @@ def test_search_export_final_and_report_run_against_a_postgres_and_s3_mlflow_ser
     with torch.no_grad():
         expected = student(batch).numpy()
     assert float(abs(model.predict(batch.numpy()) - expected).max()) <= 1e-5
+
+    # The UI of this server: the experiment opens on the training runs, with Source and Models filled.
+    from selenium.webdriver.common.by import By
+
+    (final_run,) = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'final'")
+    d = chromium
+    d.get(f"{uri}/#/experiments/{exp.experiment_id}/runs")
+    _wait(d, lambda: final_run.info.run_name in _page_text(d), "the final run")
+    _close_assistant(d)
+    # MLflow's sidebar remembers per browser whether it shows GenAI or model-training pages; a fresh
+    # browser starts on GenAI, so switch it as a user would once.
+    for toggle in d.find_elements(By.XPATH, "//*[normalize-space(text())='Model training']"):
+        toggle.click()
+        break
+    _wait(d, lambda: "Model registry" in _page_text(d) and "Judges" not in _page_text(d), "the model-training view")
+
+    def row(run) -> str:
+        """A run's whole row: the grid draws its pinned name cells and its other cells as two rows."""
+        return " ".join(e.text for e in d.find_elements(By.XPATH, f"//*[@role='row' and @row-id='{run.info.run_id}']"))
+
+    _wait(d, lambda: "final.py" in row(final_run) and "sfkd-resnet8-synthetic" in row(final_run),
+          "the final run's Source and Models cells")
+    head = d.find_element(By.XPATH, f"//a[contains(@href, '{parent.info.run_id}')]/ancestor::*[@role='gridcell'][1]")
+    head.find_element(By.TAG_NAME, "button").click()  # the search's trials, expanded under it
+    _wait(d, lambda: all("search.py" in row(r) for r in [parent, *children]), "search.py as every trial's source")
+    assert {"Source", "Models"} <= set(_page_text(d).splitlines())
+    _shoot(d, tmp_path / "mlflow-runs.png")
+    assert (tmp_path / "mlflow-runs.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,8 +1,10 @@
-"""A write retried after its answer was lost makes no second run and no second metric: a real
-`mlflow server` behind a loopback proxy that delivers a request and then drops the answer."""
+"""A write retried after a timeout makes no second run and no second metric: a real `mlflow server`
+behind a loopback proxy that delivers a request, then holds the server's answer past the client's
+timeout and drops it."""
 import http.client
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -15,9 +17,11 @@ from tuner.tracking import PARENT_TAG, SearchTracker
 
 class LossyProxy:
     """Forwards every request to the server; for the first `drops[path]` requests to a path, the server
-    answers but the proxy closes the connection instead of passing the answer on."""
+    answers but the proxy holds the answer for `hold_s` (past the client's timeout) and then closes the
+    connection instead of passing it on."""
 
-    def __init__(self, upstream_port: int, drops: dict[str, int]):
+    def __init__(self, upstream_port: int, drops: dict[str, int], hold_s: float = 0.0):
+        self.hold_s = hold_s
         self.drops, self.delivered = dict(drops), {}
         proxy = self
 
@@ -34,6 +38,7 @@ class LossyProxy:
                 proxy.delivered[path] = proxy.delivered.get(path, 0) + 1
                 if proxy.drops.get(path, 0) > 0:  # the server has done the write; its answer is lost
                     proxy.drops[path] -= 1
+                    time.sleep(proxy.hold_s)
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
@@ -64,15 +69,16 @@ CREATE, LOG_BATCH = "/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/runs/log-bat
 
 
 @pytest.mark.slow
-def test_a_create_and_a_metric_batch_whose_answers_are_lost_are_recorded_once(tmp_path):
+def test_a_create_and_a_metric_batch_retried_after_a_timeout_are_recorded_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")  # MLflow reads it at every request
     port = free_port()
     server = start_mlflow_server(tmp_path, port)
-    proxy = LossyProxy(port, {})
+    proxy = LossyProxy(port, {}, hold_s=4.0)
     try:
         tracker = SearchTracker(f"http://127.0.0.1:{proxy.port}", "lossy", run_dir=tmp_path)
         parent = tracker.start_parent("search", {"space": "smoke"}, {"sfkd.kind": "search"})
         proxy.drops = {CREATE: 1, LOG_BATCH: 1}
-        # The child's create reaches the server and its answer is lost; the params' batch after it too.
+        # The child's create reaches the server and its answer times out; the params' batch after it too.
         # The queue sends the create again (it finds the run by its key) and MLflow resends the batch.
         tracker.child("t1", "trial_t1", {"gamma": 0.5})
         assert tracker.flush() == 0
@@ -80,7 +86,7 @@ def test_a_create_and_a_metric_batch_whose_answers_are_lost_are_recorded_once(tm
         assert proxy.delivered[CREATE] == 2  # parent and child: the child's create was sent once, not twice
         run_id = tracker.children["t1"]
         proxy.drops = {LOG_BATCH: 1}
-        tracker.log_metrics(run_id, {"val_acc": 50.0, "loss": 1.25}, step=1)  # this batch's answer is lost
+        tracker.log_metrics(run_id, {"val_acc": 50.0, "loss": 1.25}, step=1)  # this batch's answer times out
         tracker.log_metrics(run_id, {"val_acc": 61.0, "loss": 0.75}, step=2)
         tracker.end(run_id)
         assert tracker.flush() == 0

@@ -2,7 +2,6 @@
 import json
 import logging
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,12 +16,11 @@ from trainables.sparsity import save_sparse
 from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
 from tuner.export import read_header
 from tuner.figures import log_run_figures
-from tuner.mlflow_model import save_student_model
+from tuner.mlflow_model import log_student_model
 from tuner.progress import epoch_postfix, training_bar
 from tuner.storage import is_uri
 from tuner.tracking import SearchTracker, check_tracking_store, normalise_uri
 
-MODEL_ARTIFACT = "model"
 PREPROCESSING_FILE = "preprocessing.json"  # class names, mean/std and image size, beside the checkpoint
 
 
@@ -70,6 +68,7 @@ def main(argv=None) -> int:
     uri = normalise_uri(a.tracking_uri)
     check_tracking_store(uri)
     tracker = SearchTracker(uri, a.experiment or header.get("experiment", "final"), out)
+    (out / "final.json").write_text(json.dumps({"tracking_uri": uri, "experiment": tracker.experiment}, indent=2))
     run = DistillRun(cfg, full_train=True)
     note = teacher_budget_note(cfg, run.teacher_info)
     if note:
@@ -112,15 +111,15 @@ def main(argv=None) -> int:
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
     tracker.log_artifact(run_id, str(out / PREPROCESSING_FILE), "checkpoint")
-    model_dir = out / MODEL_ARTIFACT
-    shutil.rmtree(model_dir, ignore_errors=True)
-    save_student_model(model_dir, ckpt, out / PREPROCESSING_FILE)
-    tracker.log_artifact(run_id, str(model_dir))  # artifact "model/": MLmodel, the checkpoint, the code
     torch.save(run.last_probe, out / PROBE_FILE)
     log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")
     model_name = a.model_name or default_model_name(cfg)
     pre = run.preprocessing
-    registered = register(tracker, run_id, model_name, {
+    if tracker.flush():  # registering needs the run's writes in the store
+        print(f"error: the MLflow server at {uri} stopped answering; the run's writes wait in {out}: send them with "
+              f"python -m tuner.sync --run-dir {out}; nothing registered (the checkpoint is {ckpt})", file=sys.stderr)
+        return 1
+    registered = log_student_model(uri, run_id, ckpt, out / PREPROCESSING_FILE, model_name, {
         "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],
         "test_acc_last": f"{summary['test_acc_last']:.2f}", "size_bytes": ckpt.stat().st_size,
         "classes": json.dumps(pre["classes"]), "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
@@ -152,20 +151,6 @@ def teacher_budget_note(cfg: DistillConfig, info: dict) -> str | None:
     return (f"note: teacher {Path(cfg.teacher).name} was trained for {epochs} epochs (on {info.get('trained_on', '?')}, "
             f"test top-1 {info.get('test_acc', float('nan')):.2f}%), fewer than teacher_epochs {cfg.teacher_epochs}; "
             f"for a teacher that matches this budget train one with python -m tuner.teacher and pass --set teacher=FILE")
-
-
-def register(tracker: SearchTracker, run_id: str, name: str, tags: dict) -> str:
-    """A Model Registry version whose source is the run's MLflow model (which holds the checkpoint)."""
-    from mlflow.exceptions import MlflowException
-
-    client = tracker.client
-    try:
-        client.create_registered_model(name)
-    except MlflowException:
-        pass  # already registered: add a version
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-    version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
-    return version.version
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow.pyfunc
 
 CHECKPOINT_KEY, PREPROCESSING_KEY = "checkpoint", "preprocessing"
+MODEL_NAME = "model"  # the logged model's name in the run
 
 
 class SparseStudent(mlflow.pyfunc.PythonModel):
@@ -38,15 +39,24 @@ class SparseStudent(mlflow.pyfunc.PythonModel):
             return self.model(x).numpy()
 
 
-def save_student_model(folder: Path, checkpoint: Path, preprocessing: Path) -> Path:
-    """Write the MLflow model folder (MLmodel, the checkpoint, the code that reads it)."""
+def log_student_model(uri: str, run_id: str, checkpoint: Path, preprocessing: Path, name: str,
+                      version_tags: dict) -> str:
+    """Log the student as the run's MLflow model through MLflow's own `log_model` (so the UI's Models
+    column and the registry link the run and the model), register it as a new version of `name`, tag
+    the version, and return its number."""
     import torch
 
     import trainables
 
-    mlflow.pyfunc.save_model(
-        path=str(folder), python_model=SparseStudent(),
-        artifacts={CHECKPOINT_KEY: str(checkpoint), PREPROCESSING_KEY: str(preprocessing)},
-        code_paths=[str(Path(trainables.__file__).parent), str(Path(__file__).parent)],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"])
-    return Path(folder)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):  # the final run; leaving the block marks it finished
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=SparseStudent(), registered_model_name=name,
+            artifacts={CHECKPOINT_KEY: str(checkpoint), PREPROCESSING_KEY: str(preprocessing)},
+            code_paths=[str(Path(trainables.__file__).parent), str(Path(__file__).parent)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"])
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient(uri)
+        for key, value in version_tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
+    return version
