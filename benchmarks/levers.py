@@ -38,7 +38,7 @@ def ab_pairs(run_a: DistillRun, run_b: DistillRun, pairs: int) -> tuple[list[flo
 
 
 def cache_on_off(data: str, splits, out: Path, epochs: int, teacher_epochs: int) -> dict:
-    from tuner.teacher import teacher_config, train_teacher
+    from tuner.teacher_training import teacher_config, train_teacher
 
     # A teacher trained on the same images for a few epochs, so the losses compared are ordinary ones.
     tcfg = teacher_config("resnet56", "cifar10", teacher_epochs, data_dir=data, train_subset=len(splits.train_x),

@@ -29,8 +29,8 @@ from ray import tune  # noqa: E402
 from benchmarks.run import find_data  # noqa: E402
 from trainables.config import DistillConfig  # noqa: E402
 from trainables.inputs import TrialInputs, load_run_splits, split_args  # noqa: E402
-from trainables.sfkd import SFKDTrainable  # noqa: E402
-from tuner.teacher import teacher_config, train_teacher  # noqa: E402
+from trainables.ray_trainable import SFKDTrainable  # noqa: E402
+from tuner.teacher_training import teacher_config, train_teacher  # noqa: E402
 
 
 class Clock(tune.Callback):

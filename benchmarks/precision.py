@@ -26,7 +26,7 @@ from trainables.data import load_splits  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 from trainables.run import DistillRun  # noqa: E402
-from trainables.teacher import save_teacher  # noqa: E402
+from trainables.teacher_file import save_teacher  # noqa: E402
 from tuner.study import t_interval  # noqa: E402  (the one t interval of the project)
 
 COMBOS = [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"), ("bf16", "channels_last")]

@@ -30,7 +30,7 @@ from trainables.models import create_model  # noqa: E402
 from trainables.precision import autocast, resolve_memory_format, resolve_precision  # noqa: E402
 from trainables.run import DistillRun  # noqa: E402
 from trainables.sparsity import apply_masks, init_masks, save_sparse  # noqa: E402
-from trainables.teacher import save_teacher  # noqa: E402
+from trainables.teacher_file import save_teacher  # noqa: E402
 
 TARGETS = {"speedup_vs_plain_loop": ">= 1.3 (CPU), >= 2 (GPU)", "fraction_of_compute_bound": ">= 0.9",
            "ray_overhead_pct": "<= 3", "first_result_s": "<= 30", "ckpt_size_ratio_d0.1": "<= 0.16",

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from mlflow.tracking import MlflowClient  # noqa: E402
 from test_scale_out import BlackHole, free_port, start_mlflow_server, stop  # noqa: E402
 
-from tuner.teacher import teacher_config, train_teacher  # noqa: E402
+from tuner.teacher_training import teacher_config, train_teacher  # noqa: E402
 
 
 def epoch_gaps(run_dir: Path) -> list[float]:

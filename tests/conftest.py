@@ -37,7 +37,7 @@ def cifar10_dir() -> Path:
 def tiny_teacher_file(tmp_path_factory) -> Path:
     """An untrained resnet8 saved as a teacher file for the 10-class synthetic data."""
     from trainables.models import create_model
-    from trainables.teacher import save_teacher
+    from trainables.teacher_file import save_teacher
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
@@ -49,7 +49,7 @@ def tiny_teacher_file(tmp_path_factory) -> Path:
 def trained_teacher_file(tmp_path_factory) -> Path:
     """resnet8 trained 3 epochs on the training split of the synthetic data (about 80% test top-1), for
     searches whose own small budget would give an auto teacher too weak to distil from."""
-    from tuner.teacher import teacher_config, train_teacher
+    from tuner.teacher_training import teacher_config, train_teacher
 
     path = tmp_path_factory.mktemp("trained_teacher") / "resnet8-synthetic.pt"
     train_teacher(teacher_config("resnet8", "synthetic", 3, synthetic_size=1200), path, progress=False)

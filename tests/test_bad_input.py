@@ -11,7 +11,7 @@ import torch
 
 from trainables.models import create_model
 from trainables.sparsity import apply_masks, init_masks, save_sparse
-from trainables.teacher import save_teacher
+from trainables.teacher_file import save_teacher
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.probe import attention_map, attention_probe, foreground_share, probe_square
+from trainables.probe import attention_probe, foreground_share, mean_square_map, probe_square
 from trainables.run import DistillRun
 from tuner.figures import DENSITY_CURVE_FILE, HEATMAP_FILE, LAYER_DENSITY_FILE, draw_run_figures, load_probe
 from tuner.optuna_study import load_study, study_importances
-from tuner.report import searched_keys
+from tuner.search_report import searched_keys
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +20,7 @@ def trained_teacher(trained_teacher_file) -> Path:
 
 def test_attention_map_is_the_channel_mean_of_squared_activations():
     f = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1).expand(1, 2, 3, 3)
-    assert torch.allclose(attention_map(f), torch.full((1, 3, 3), 2.5))  # (1 + 4) / 2
+    assert torch.allclose(mean_square_map(f), torch.full((1, 3, 3), 2.5))  # (1 + 4) / 2
 
 
 def test_foreground_share_is_the_attention_mass_inside_the_central_square():

@@ -87,7 +87,7 @@ def test_auto_picks_what_pytorchs_hardware_check_says(tiny_teacher_file):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_precision_a_run_used_is_in_its_results_and_checkpoint(tiny_teacher_file, tmp_path, precision):
-    from trainables.sfkd import CHECKPOINT_FILE, SFKDTrainable
+    from trainables.ray_trainable import CHECKPOINT_FILE, SFKDTrainable
 
     run = DistillRun({**TINY, "teacher": str(tiny_teacher_file), "precision": precision}, device="cpu")
     assert run.step()["precision"] == precision

@@ -43,7 +43,7 @@ def test_with_mode_min_the_smallest_val_loss_leads():
 
 def test_teacher_training_bar_moves_every_batch_and_names_the_epoch(tmp_path, capsys):
     from trainables.run import DistillRun
-    from tuner.teacher import teacher_config, train_teacher
+    from tuner.teacher_training import teacher_config, train_teacher
 
     cfg = teacher_config("resnet8", "synthetic", 2, synthetic_size=300, batch_size=32)
     batches = len(DistillRun(cfg).train_loader)  # a teacher trains on the training split by default
@@ -60,7 +60,7 @@ def test_teacher_training_bar_moves_every_batch_and_names_the_epoch(tmp_path, ca
 
 def test_train_epoch_calls_on_batch_once_per_optimizer_step():
     from trainables.run import DistillRun
-    from tuner.teacher import teacher_config
+    from tuner.teacher_training import teacher_config
 
     run = DistillRun(teacher_config("resnet8", "synthetic", 1, synthetic_size=300, batch_size=32))
     calls = []

@@ -12,7 +12,7 @@ from torch.func import functional_call, grad, jvp
 from trainables import DistillConfig, DistillRun
 from trainables.models import create_model
 from trainables.sparsity import init_masks
-from trainables.teacher import save_teacher
+from trainables.teacher_file import save_teacher
 
 TINY = dict(dataset="synthetic", synthetic_size=400, student="resnet8", teacher_arch="resnet8", epochs=1,
             batch_size=32, lr=0.05, density=0.3, sparse_init="ERK", fg_size=4, seed=3)

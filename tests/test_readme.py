@@ -1,8 +1,9 @@
-"""The README's commands run as written, in order, from a fresh copy of the repository.
+"""The README's commands, and those of the docs/ pages it links, run as written, in order, from a
+fresh copy of the repository.
 
 Every `python -m ...` and `make ...` line of a fenced `bash` or `console` block is either run here (and
-must exit 0) or named in NOT_RUN_HERE with the reason, so a command added to the README must be
-classified before this test passes."""
+must exit 0) or named in NOT_RUN_HERE with the reason, so a command added to the README or a doc page
+must be classified before this test passes."""
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ README = REPO / "README.md"
 
 NOT_RUN_HERE = {  # a command's start -> why this test does not run it
     "make test": "it is this test suite",
-    "python -m tuner.search --space sfkd_gamma": "real CIFAR-10 for an hour or more (README, 'Running on real data')",
+    "python -m tuner.search --space sfkd_gamma": "real CIFAR-10 for an hour or more (docs/real-data.md)",
     "python -m tuner.teacher --arch resnet56 --dataset cifar10": "real CIFAR-10 for 20-30 epochs",
     "python -m tuner.teacher --arch resnet56 --dataset imagefolder --data-dir ~/data/mydata": "the user's own data",
     "python -m tuner.search --space study_methods": "real CIFAR-10 for an hour (RESULTS.md), or a GPU cluster",
@@ -45,11 +46,18 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
+def documented_text() -> str:
+    """The README, then each docs/ page in the order the README first links it."""
+    readme = README.read_text()
+    pages = list(dict.fromkeys(re.findall(r"\]\(docs/([\w-]+\.md)", readme)))
+    return "\n".join([readme] + [(REPO / "docs" / page).read_text() for page in pages])
+
+
 def test_every_readme_command_is_run_here_or_says_why_not():
-    commands = readme_commands(README.read_text())
+    commands = readme_commands(documented_text())
     assert "make demo" in commands and any(c.startswith("python -m tuner.export") for c in commands)
     for skip in NOT_RUN_HERE:
-        assert any(c.startswith(skip) for c in commands), f"NOT_RUN_HERE names a command the README lacks: {skip}"
+        assert any(c.startswith(skip) for c in commands), f"NOT_RUN_HERE names a command the docs lack: {skip}"
 
 
 def _fresh_copy(dst: Path) -> Path:
@@ -76,7 +84,7 @@ def test_the_readme_commands_run_as_written_from_a_fresh_copy(tmp_path):
     env = {**os.environ, "PATH": f"{clone / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
            "VIRTUAL_ENV": str(clone / ".venv"), "PYTHONPATH": str(clone)}
     ran = []
-    for command in readme_commands(README.read_text()):
+    for command in readme_commands(documented_text()):
         if command in ran or any(command.startswith(skip) for skip in NOT_RUN_HERE):
             continue  # a command shown twice (the first screen, then the walkthrough) runs once
         r = subprocess.run(command, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=900)

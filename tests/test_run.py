@@ -75,7 +75,7 @@ def test_every_distillation_method_trains_an_epoch(tiny_teacher_file, method):
 
 def test_channel_mismatch_gets_a_trainable_connector(tmp_path):
     from trainables.models import create_model
-    from trainables.teacher import save_teacher
+    from trainables.teacher_file import save_teacher
 
     path = save_teacher(tmp_path / "t.pt", create_model("resnet8x4", 10), "resnet8x4", "synthetic", 10, 0.0)
     run = DistillRun({**TINY, "teacher": str(path), "teacher_arch": "resnet8x4", "epochs": 1, "synthetic_size": 200})

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.precision import resolve_precision
 from trainables.sparsity import load_sparse
-from tuner import checkpoint, export, final, heatmaps, search
+from tuner import checkpoint, export, final, heatmaps, search, search_runs
 from tuner import report as report_cli
 from tuner.optuna_study import STUDY_FILE, load_study
 from tuner.tracking import PARENT_TAG
@@ -70,7 +70,7 @@ def test_smoke_search_records_every_trial_stops_some_early_and_exports_a_runnabl
     cfg = yaml.safe_load(best_yaml.read_text())
     assert cfg["student"] == "resnet8" and Path(cfg["teacher"]).is_file() and cfg["epochs"] == 3
     # The auto teacher trained on the training split only: it never saw the validation images.
-    from trainables.teacher import read_teacher_file
+    from trainables.teacher_file import read_teacher_file
 
     recipe = read_teacher_file(cfg["teacher"])
     assert (recipe["trained_on"], recipe["split_seed"], recipe["val_fraction"]) == ("train", 0, 0.1)
@@ -209,10 +209,10 @@ def test_export_picks_the_trial_the_search_chose_when_val_acc_ties(tmp_path):
                                              "sfkd.status": "completed"})
         client.log_metric(child.info.run_id, "best_val_acc", 83.33 if trial != "cccc" else 50.0)
     client.set_tag(parent.info.run_id, "sfkd.best_trial", "bbbb")
-    assert export.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "bbbb"
+    assert search_runs.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "bbbb"
     # Without the search's tag (an interrupted search), ties go to the smaller trial id.
     client.delete_tag(parent.info.run_id, "sfkd.best_trial")
-    assert export.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "aaaa"
+    assert search_runs.best_child(client, client.get_run(parent.info.run_id)).data.tags["sfkd.trial_id"] == "aaaa"
 
 
 def test_registered_model_names_say_which_data_they_were_trained_on():

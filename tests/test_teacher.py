@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainables.models import create_model
-from trainables.teacher import TeacherError, load_teacher, read_teacher_file
+from trainables.teacher_file import TeacherError, load_teacher, read_teacher_file
 
 
 def test_teacher_trained_with_the_cli_loads_back_with_its_recorded_accuracy(tmp_path):

@@ -8,6 +8,6 @@ __all__ = ["ConfigError", "DistillConfig", "DistillRun", "SFKDTrainable"]
 def __getattr__(name):
     # Imported lazily so the pure-PyTorch core works where Ray is not installed.
     if name == "SFKDTrainable":
-        from trainables.sfkd import SFKDTrainable
+        from trainables.ray_trainable import SFKDTrainable
         return SFKDTrainable
     raise AttributeError(name)

@@ -6,20 +6,15 @@ import typing
 from dataclasses import dataclass, field
 
 from trainables.data.splits import DATASETS
+from trainables.methods import METHODS, get_method
 from trainables.models import model_names
 from trainables.precision import MEMORY_FORMATS, PRECISIONS
 from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.schedule import SCHEDULES
 
-METHODS = ("sfkd", "kd", "ft", "fitnet", "at", "sp")
 SFKD_NORMS = ("map", "region")
-# alpha and beta when a config leaves them out: each method's literature recipe (METHOD.md, Baselines).
-# FT ignores both (cross-entropy at weight 1); AT and SP add KD only when beta is given on purpose.
-METHOD_WEIGHTS = {"sfkd": (0.5, 0.5), "kd": (0.5, 0.5), "fitnet": (0.5, 0.5), "at": (1.0, 0.0), "sp": (1.0, 0.0),
-                  "ft": (1.0, 0.0)}
 LR_SCHEDULES = ("multistep", "cosine")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
-NEEDS_TEACHER = ("sfkd", "kd", "fitnet", "at", "sp")
 
 
 class ConfigError(ValueError):
@@ -51,7 +46,7 @@ class DistillConfig:
     teacher_epochs: int = 240
     student: str = "resnet20"
     # Loss: alpha*CE + beta*KD + gamma*(L_fg + bg_weight*L_bg) + at_weight*AT + sp_weight*SP; the method
-    # decides which terms exist (FT: CE at weight 1 only). alpha/beta left out take METHOD_WEIGHTS[method].
+    # decides which terms exist (FT: CE at weight 1 only). alpha/beta left out take the method's `weights`.
     method: str = "sfkd"
     arm: str | None = None  # a label for one arm of a comparison (set by a space's `arms:`); changes nothing
     alpha: float | None = None
@@ -140,13 +135,13 @@ class DistillConfig:
             self.density = 0.9
         _in_range("density", self.density, 0.0, 1.0, lo_open=True)
         _one_of("method", self.method, METHODS)
-        default_alpha, default_beta = METHOD_WEIGHTS[self.method]
+        # alpha and beta left out take the method's literature recipe (METHOD.md, Baselines); the
+        # method then fixes the weights of terms it does not have (FT: CE at weight 1, nothing else).
+        method = get_method(self.method)
+        default_alpha, default_beta = method.weights
         self.alpha = default_alpha if self.alpha is None else self.alpha
         self.beta = default_beta if self.beta is None else self.beta
-        if self.method == "ft":
-            self.alpha, self.beta, self.gamma = 1.0, 0.0, 0.0  # FT is cross-entropy at weight 1, nothing else
-        elif self.method in ("kd", "at", "sp"):
-            self.gamma = 0.0  # no feature-MSE term exists in these methods
+        method.resolve(self)
         _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("student", self.student, model_names())
@@ -186,12 +181,12 @@ class DistillConfig:
         if self.dataset == "synthetic" and self.data_dir:
             raise ConfigError(f"data_dir {self.data_dir} is given but dataset is synthetic, which reads no folder; "
                               f"set the dataset too (--dataset imagefolder, cifar10 or cifar100)")
-        if self.teacher == "none" and (self.method in NEEDS_TEACHER or self.sparse_init == "magnitude"):
+        if self.teacher == "none" and self.uses_teacher:
             raise ConfigError(f"method {self.method} with sparse_init {self.sparse_init} needs a teacher; teacher is 'none'")
 
     @property
     def uses_teacher(self) -> bool:
-        return self.method in NEEDS_TEACHER or self.sparse_init == "magnitude"
+        return get_method(self.method).needs_teacher or self.sparse_init == "magnitude"
 
 
 def _one_of(key, value, allowed):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from trainables.data.augment import normalize
-from trainables.losses.sfkd import foreground_mask
+from trainables.losses.foreground_split import foreground_mask
 
 DRAWN_IMAGES = 8  # shown in the heatmap grid
 SHARE_IMAGES = 256  # averaged into the foreground-share metrics
@@ -16,7 +16,7 @@ PROBE_SEED = 0  # the same validation images for every run of a search, whatever
 PROBE_FILE = "probe.pt"  # saved beside each checkpoint; the driver draws the figures from it
 
 
-def attention_map(feature: torch.Tensor) -> torch.Tensor:
+def mean_square_map(feature: torch.Tensor) -> torch.Tensor:
     """B x C x H x W -> B x H x W, mean over channels of the squared activations."""
     return feature.float().pow(2).mean(dim=1)
 
@@ -39,7 +39,7 @@ def foreground_share(att: torch.Tensor, fg_size: int) -> torch.Tensor:
 def stage_attention(model: nn.Module, x: torch.Tensor, stage: int, batch: int = 128) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    maps = [attention_map(model(x[i:i + batch], return_features=True)[1][stage]) for i in range(0, len(x), batch)]
+    maps = [mean_square_map(model(x[i:i + batch], return_features=True)[1][stage]) for i in range(0, len(x), batch)]
     model.train(was_training)
     return torch.cat(maps).cpu()
 
@@ -73,6 +73,6 @@ def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.
     return out, teacher_maps
 
 
-def layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
+def measured_layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
     """Kept fraction of each masked layer, in model order."""
     return {name: m.float().mean().item() for name, m in masks.items()}

@@ -12,10 +12,11 @@ from trainables.config import ConfigError, DistillConfig
 from trainables.data import DataSplits, DeviceLoader
 from trainables.data.augment import normalize
 from trainables.inputs import digest_bytes, load_run_splits
-from trainables.losses import Connector, at_loss, check_fg_size, kd_loss, match_spatial, sfkd_parts, sp_loss
+from trainables.losses import Connector
+from trainables.methods import get_method
 from trainables.models import create_model
 from trainables.precision import autocast, resolve_memory_format, resolve_precision
-from trainables.probe import attention_probe, layer_densities
+from trainables.probe import attention_probe, measured_layer_densities
 from trainables.sparsity import (
     apply_masks,
     check_density,
@@ -25,7 +26,7 @@ from trainables.sparsity import (
     prune_by_magnitude,
     pruning_plan,
 )
-from trainables.teacher import load_teacher
+from trainables.teacher_file import load_teacher
 
 LOSS_PARTS = ("ce", "kd", "fg", "bg", "at", "sp")
 # Each evaluated metric's best so far, reported as best_<split>_<name>: larger accuracy, smaller loss.
@@ -70,21 +71,21 @@ def stage_shapes(arch: str, num_classes: int, image_size: int) -> list[tuple[int
 
 
 def check_feature_config(cfg: DistillConfig, num_classes: int, image_size: int) -> None:
-    """fg_size and feature_stages must fit the distilled maps; checked before anything trains."""
-    if not cfg.uses_teacher or cfg.method not in ("sfkd", "fitnet", "at", "sp"):
+    """feature_stages (and what the method needs of them) must fit the distilled maps; checked before
+    anything trains."""
+    method = get_method(cfg.method)
+    if not cfg.uses_teacher or not method.distils_stages:
         return
     s_shapes = stage_shapes(cfg.student, num_classes, image_size)
     t_shapes = stage_shapes(cfg.teacher_arch, num_classes, image_size)
     for idx in cfg.feature_stages:
         if not (-len(s_shapes) <= idx < len(s_shapes) and -len(t_shapes) <= idx < len(t_shapes)):
             raise ConfigError(f"feature_stages: stage {idx} does not exist; {cfg.student} has {len(s_shapes)} stages")
-        if cfg.method == "sfkd":
-            h = min(s_shapes[idx][1], t_shapes[idx][1])
-            w = min(s_shapes[idx][2], t_shapes[idx][2])
-            try:
-                check_fg_size(cfg.fg_size, h, w)
-            except ValueError as e:
-                raise ConfigError(f"fg_size: {e} (student {cfg.student}, stage {idx})") from None
+        try:
+            method.check_stage(cfg, min(s_shapes[idx][1], t_shapes[idx][1]), min(s_shapes[idx][2], t_shapes[idx][2]),
+                               f"student {cfg.student}, stage {idx}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 class DistillRun:
@@ -95,6 +96,7 @@ class DistillRun:
         """`data` and `teacher_bytes` (the teacher file's contents) stand in for reading `data_dir` and
         `teacher` from this machine's disk: a search's driver sends them through Ray's object store."""
         self.cfg = cfg = as_config(config)
+        self.method = get_method(cfg.method)
         self.device = pick_device(device or cfg.device)
         self.data = data or load_run_splits(cfg, full_train=full_train)
         nc = self.data.num_classes
@@ -102,14 +104,14 @@ class DistillRun:
         self.cuda = self.device.type == "cuda"
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = resolve_memory_format(cfg.memory_format, self.device, self.precision)
-        self.teacher, self.teacher_info = teacher, {}
+        self.teacher = teacher
         if self.teacher is None and cfg.uses_teacher:
             if cfg.teacher in ("auto", "none"):
                 raise ConfigError("teacher: give a teacher file (the search driver resolves 'auto' before trials start)")
             # Building the teacher draws random initial weights; they must not come from the student's seed.
             with torch.random.fork_rng(devices=[]):
                 source = cfg.teacher if teacher_bytes is None else teacher_bytes
-                self.teacher, self.teacher_info = load_teacher(source, cfg.teacher_arch, nc, self.device)
+                self.teacher, _ = load_teacher(source, cfg.teacher_arch, nc, self.device)
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():
@@ -125,7 +127,7 @@ class DistillRun:
             if self.teacher is not None:
                 self.teacher.to(memory_format=torch.channels_last)
         self.plan = pruning_plan(cfg.prune_schedule, cfg.density, cfg.prune_steps, cfg.prune_interval, cfg.epochs)
-        self.current_density = 1.0 if self.plan else cfg.density
+        self.scheduled_density = 1.0 if self.plan else cfg.density
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         apply_masks(self.student, self._initial_masks(), self.optimizer)
@@ -150,7 +152,7 @@ class DistillRun:
     # -- construction -------------------------------------------------------------------------
     def _build_connectors(self, num_classes: int) -> nn.ModuleList:
         connectors = nn.ModuleList()
-        if self.teacher is None or self.cfg.method not in ("sfkd", "fitnet"):
+        if self.teacher is None or not self.method.connectors:
             return connectors
         s_shapes = stage_shapes(self.cfg.student, num_classes, self.data.image_size)
         t_shapes = stage_shapes(self.cfg.teacher_arch, num_classes, self.data.image_size)
@@ -160,12 +162,12 @@ class DistillRun:
         return connectors.to(self.device)
 
     def _distilled_stages(self) -> list[int]:
-        return list(self.cfg.feature_stages) if self.cfg.method in ("sfkd", "fitnet", "at", "sp") else []
+        return list(self.cfg.feature_stages) if self.method.distils_stages else []
 
     def _open_cache(self, num_classes: int, teacher_bytes: bytes | None):
         cfg = self.cfg
         # The cache is keyed by the teacher file's bytes; a teacher handed in as a module has none.
-        if not cfg.teacher_cache or self.teacher is None or cfg.method == "ft" or cfg.teacher in ("auto", "none"):
+        if not cfg.teacher_cache or self.teacher is None or not self.method.needs_teacher or cfg.teacher in ("auto", "none"):
             return None
         from trainables.teacher_cache import file_digest, open_teacher_cache
 
@@ -245,13 +247,13 @@ class DistillRun:
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 buf.mul_(masks[name].to(buf.dtype))
-        self.current_density = density
+        self.scheduled_density = density
 
     def _teacher_outputs(self, x: torch.Tensor, cached, idx) -> tuple[torch.Tensor | None, list | None]:
         """The frozen teacher's logits and distilled maps for batch x, from the shared cache when it holds
         this epoch, else computed here. Both paths round through fp16 (the cache's storage format), so the
         cache changes no number."""
-        if self.teacher is None or self.cfg.method == "ft":
+        if self.teacher is None or not self.method.needs_teacher:
             return None, None
         if cached is not None:
             rows = idx.cpu()
@@ -264,35 +266,16 @@ class DistillRun:
                 [t_feats[i].float().half().float() for i in self._distilled_stages()])
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor, t_logits=None, t_feats=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """The weighted total, its named parts and the student logits (METHOD.md, Baselines): the method
-        decides which terms exist, the config gives the weights of those that do."""
-        cfg = self.cfg
+        """The weighted total, its named parts and the student logits: the method's own loss
+        (trainables/methods) over the student's distilled maps, each through its connector."""
         logits, feats = self.student_forward(x, return_features=True)
-        parts = {"ce": F.cross_entropy(logits.float(), y)}
-        if cfg.method == "ft":
-            return parts["ce"], parts, logits
-        total = cfg.alpha * parts["ce"]
-        if t_logits is not None and cfg.beta > 0:
-            parts["kd"] = kd_loss(logits, t_logits, cfg.temperature)
-            total = total + cfg.beta * parts["kd"]
-        if t_feats is not None and cfg.method in ("sfkd", "fitnet", "at", "sp"):
-            s_feats = [feats[i] for i in cfg.feature_stages]
-            for j, (f_s, f_t) in enumerate(zip(s_feats, t_feats)):
-                if cfg.method in ("sfkd", "fitnet"):
-                    f_s, f_t = match_spatial(self.connectors[j](f_s), f_t)
-                    fg, bg = sfkd_parts(f_s, f_t, 0 if cfg.method == "fitnet" else cfg.fg_size, cfg.sfkd_norm)
-                    parts["fg"] = parts.get("fg", 0) + fg
-                    parts["bg"] = parts.get("bg", 0) + bg
-                elif cfg.method == "at":
-                    parts["at"] = parts.get("at", 0) + at_loss(*match_spatial(f_s, f_t))
-                else:
-                    parts["sp"] = parts.get("sp", 0) + sp_loss(f_s, f_t)
-            if "fg" in parts:
-                total = total + cfg.gamma * (parts["fg"] + cfg.bg_weight * parts["bg"])
-            if "at" in parts:
-                total = total + cfg.at_weight * parts["at"]
-            if "sp" in parts:
-                total = total + cfg.sp_weight * parts["sp"]
+        pairs = []
+        if t_feats is not None:
+            s_feats = [feats[i] for i in self._distilled_stages()]
+            if self.method.connectors:
+                s_feats = [self.connectors[j](f_s) for j, f_s in enumerate(s_feats)]
+            pairs = list(zip(s_feats, t_feats))
+        total, parts = self.method.losses(self.cfg, logits, y, t_logits, pairs)
         return total, parts, logits
 
     def train_epoch(self, on_batch: Callable[[], None] | None = None) -> dict:
@@ -401,13 +384,14 @@ class DistillRun:
                                                   cfg.fg_size, cfg.feature_stages[-1], self.device, self._teacher_maps)
         out.update(epoch=self.epoch, split=split, student_arch=cfg.student,
                    teacher_arch=cfg.teacher_arch if self.teacher is not None else "", method=cfg.method,
-                   density=float(cfg.density), prune_schedule=cfg.prune_schedule, layer_density=layer_densities(self.masks),
+                   target_density=float(cfg.density), prune_schedule=cfg.prune_schedule,
+                   layer_density=measured_layer_densities(self.masks),
                    density_history=torch.tensor(self.density_history, dtype=torch.float64).reshape(-1, 2))
         return out
 
     # -- state --------------------------------------------------------------------------------
     def check_sparsity(self) -> float:
-        return check_density(self.student, self.masks, self.current_density)
+        return check_density(self.student, self.masks, self.scheduled_density)
 
     @property
     def preprocessing(self) -> dict:
@@ -425,7 +409,7 @@ class DistillRun:
             "connectors": self.connectors.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
-            "current_density": self.current_density,
+            "scheduled_density": self.scheduled_density,
             "best": dict(self.best),
             "density_history": list(self.density_history),
             "precision": self.precision,
@@ -440,7 +424,7 @@ class DistillRun:
         self.connectors.load_state_dict(state["connectors"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
-        self.current_density = float(state["current_density"])
+        self.scheduled_density = float(state.get("scheduled_density", state.get("current_density")))
         self.best = dict(state["best"])
         self.density_history = [tuple(e) for e in state.get("density_history", [])]
         self.first_loss = state.get("first_loss")

@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from trainables.sparsity import load_sparse, to_dense_state_dict
-from trainables.sparsity.checkpoint import read_header
+from trainables.sparsity.sparse_checkpoint import read_header
 from tuner.cli import OneLineParser, run_cli
 
 
@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     state, masks, meta = load_sparse(path)
     cfg = meta["config"]
     print(f"{path}: {cfg.get('student', '?')} at density {meta['measured_density']:.4f} "
-          f"(configured {meta['density']:.4f}), {header['nonzero_params']} nonzero of "
+          f"(scheduled {meta['scheduled_density']:.4f}), {header['nonzero_params']} nonzero of "
           f"{sum(m.numel() for m in masks.values())} maskable weights, {path.stat().st_size} bytes, sha256 ok")
     if a.dense:
         to_dense_state_dict(path, a.dense)

@@ -1,18 +1,20 @@
 """What every `python -m tuner.*` command shares: one-line errors with exit status 2."""
 import argparse
+import logging
+import os
 import sys
 
-from trainables.config import ConfigError
-from trainables.data.sources import DataError
-from trainables.sparsity import SparsityError
-from trainables.teacher import TeacherError
+from tuner.errors import USER_ERRORS, UsageError
 
 
-class UsageError(ValueError):
-    """Bad input found by the driver itself (a flag, a space file, a storage path)."""
-
-
-USER_ERRORS = (ConfigError, DataError, SparsityError, TeacherError, UsageError)
+def quiet_libraries() -> None:
+    """Keep Ray's tables, TensorBoard hints and snapshot warnings, MLflow's INFO chatter (its table
+    creation) and its download bars out of the user's terminal. Each command's main calls it; nothing
+    sets it at import."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -6,26 +6,26 @@ import sys
 from pathlib import Path
 
 from ray import tune
-from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from trainables import SFKDTrainable
 from trainables.config import DistillConfig
 from trainables.inputs import SPLIT_KEYS, TrialInputs, load_run_splits, split_args, splits_bytes
-from trainables.sfkd import CHECKPOINT_FILE
-from trainables.sparsity.checkpoint import read_header
-from trainables.teacher import check_worth_distilling, read_teacher_file
-from tuner.export import write_best_config
+from trainables.ray_trainable import CHECKPOINT_FILE
+from trainables.sparsity.sparse_checkpoint import read_header
+from trainables.teacher_file import check_worth_distilling, read_teacher_file
+from tuner.best_config import write_best_config
+from tuner.callbacks import MLflowTrialCallback, PrintCallback
 from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, build_optuna_searcher
 from tuner.progress import TrialPrinter
 from tuner.ranking import ranked, score_of
-from tuner.report import log_report
+from tuner.search_report import log_report
 from tuner.spaces import to_param_space
 from tuner.storage import RunStorage
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
-from tuner.teacher import teacher_config, train_teacher_on_ray
-from tuner.tracking import MLflowTrialCallback, SearchTracker, check_tracking_store, normalise_uri
+from tuner.teacher_training import teacher_config, train_teacher_on_ray
+from tuner.tracking import SearchTracker, check_tracking_store, normalise_uri
 
 
 def code_version() -> str:
@@ -102,21 +102,6 @@ def ship_teacher(space, inputs: TrialInputs) -> None:
     teacher = space.config.get("teacher", "auto")
     if teacher not in ("auto", "none") and "teacher" not in space.params:
         inputs.teacher_file, inputs.teacher_bytes = teacher, Path(teacher).read_bytes()
-
-
-class PrintCallback(Callback):
-    def __init__(self, printer: TrialPrinter):
-        self.p = printer
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.p.result(trial.trial_id, result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        self.p.ended(trial.trial_id, "done" if last.get("epoch", 0) >= self.p.max_t else "stopped")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.p.ended(trial.trial_id, "failed")
 
 
 def reuse_actors() -> bool:

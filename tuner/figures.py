@@ -19,7 +19,10 @@ PROBE_ARTIFACT = "probe.pt"
 
 
 def load_probe(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    probe = torch.load(path, map_location="cpu", weights_only=True)
+    if "density" in probe and "target_density" not in probe:  # probes written before it had its own name
+        probe["target_density"] = probe.pop("density")
+    return probe
 
 
 def _overlay(ax, image: torch.Tensor, att: torch.Tensor | None, fg_size: int) -> None:
@@ -74,7 +77,7 @@ def layer_density_figure(probe: dict, path: Path, title: str = "") -> Path:
     values = list(dens.values())
     fig, ax = plt.subplots(figsize=(7.5, 0.2 * len(names) + 1.6))
     ax.barh(range(len(names)), values, color="tab:blue")
-    ax.axvline(probe["density"], color="tab:red", linestyle="--", label=f"overall density {probe['density']:g}")
+    ax.axvline(probe["target_density"], color="tab:red", linestyle="--", label=f"overall density {probe['target_density']:g}")
     ax.set_yticks(range(len(names)), names, fontsize=7 if len(names) > 30 else 8)
     ax.invert_yaxis()  # input layers at the top
     ax.set_xlim(0, 1.05)
@@ -91,7 +94,7 @@ def density_curve_figure(probe: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(epochs, dens, marker="o", drawstyle="steps-post", label="measured after each epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.axhline(probe["density"], color="tab:red", linestyle="--", label=f"target {probe['density']:g}")
+    ax.axhline(probe["target_density"], color="tab:red", linestyle="--", label=f"target {probe['target_density']:g}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("density (kept fraction)")
     ax.set_ylim(0, 1.05)
@@ -110,7 +113,7 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def run_label(probe: dict) -> str:
-    return f"student {probe['student_arch']}\n{probe['method']}, density {probe['density']:g}"
+    return f"student {probe['student_arch']}\n{probe['method']}, density {probe['target_density']:g}"
 
 
 def draw_run_figures(probe_file: Path, out_dir: Path) -> list[Path]:

@@ -1,6 +1,5 @@
 """python -m tuner.final --config best.yaml: train the exported config on train+val, test it, register it."""
 import json
-import logging
 import re
 import sys
 import time
@@ -13,8 +12,10 @@ from trainables.config import DistillConfig
 from trainables.probe import PROBE_FILE
 from trainables.run import DistillRun
 from trainables.sparsity import save_sparse
-from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
-from tuner.export import read_header
+from trainables.teacher_file import read_teacher_file
+from tuner.best_config import read_header
+from tuner.cli import OneLineParser, parse_sets, quiet_libraries, run_cli
+from tuner.errors import UsageError
 from tuner.figures import log_run_figures
 from tuner.mlflow_model import log_student_model
 from tuner.progress import epoch_postfix, training_bar
@@ -42,7 +43,7 @@ def load_config_file(path: Path, overrides: dict) -> DistillConfig:
 
 
 def main(argv=None) -> int:
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_libraries()
     p = OneLineParser(prog="python -m tuner.final", description=(
         "Train an exported config on train+val for its full budget, report the last epoch's test top-1/top-5 "
         "(the headline; nothing is selected on test), save the sparse checkpoint, and record and register it "
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     tracker = SearchTracker(uri, a.experiment or header.get("experiment", "final"), out)
     (out / "final.json").write_text(json.dumps({"tracking_uri": uri, "experiment": tracker.experiment}, indent=2))
     run = DistillRun(cfg, full_train=True)
-    note = teacher_budget_note(cfg, run.teacher_info)
+    note = teacher_budget_note(cfg, {k: v for k, v in read_teacher_file(cfg.teacher).items() if k != "state_dict"})
     if note:
         print(note, flush=True)
     tags = {"sfkd.kind": "final"}
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
 
     state = run.state_dict()
     ckpt = out / "student.sfkd"
-    head = save_sparse(ckpt, state["student"], state["masks"], run.current_density, config=cfg.to_dict(),
+    head = save_sparse(ckpt, state["student"], state["masks"], run.scheduled_density, config=cfg.to_dict(),
                        extra={"precision": run.precision, "preprocessing": run.preprocessing})
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")

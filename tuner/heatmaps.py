@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.cli import OneLineParser, quiet_libraries, run_cli
+from tuner.errors import UsageError
 from tuner.figures import FIGURE_DIR, PROBE_ARTIFACT, heatmap_figure, load_probe
 from tuner.tracking import tracking_client
 
@@ -26,11 +27,12 @@ def run_probe(client: MlflowClient, run_id: str, tmp: Path) -> tuple[str, dict]:
                          "its first checkpoint, or predates heatmaps)") from None
     probe = load_probe(Path(local))
     p = run.data.params
-    label = f"{run.info.run_name}\n{p.get('method', probe['method'])}, density {p.get('density', probe['density'])}"
+    label = f"{run.info.run_name}\n{p.get('method', probe['method'])}, density {p.get('density', probe['target_density'])}"
     return label, probe
 
 
 def main(argv=None) -> int:
+    quiet_libraries()
     p = OneLineParser(prog="python -m tuner.heatmaps", description=(
         "Draw the attention heatmaps of several MLflow runs side by side: the inputs, the dense teacher, "
         "then each run's student, with the foreground square and the foreground attention share."))

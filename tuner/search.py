@@ -7,15 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from tuner.cli import OneLineParser, UsageError, parse_sets, run_cli
+from tuner.cli import OneLineParser, parse_sets, quiet_libraries, run_cli
+from tuner.errors import UsageError
 from tuner.spaces import available_spaces, parse_space
 from tuner.storage import RunStorage
 from tuner.tracking import check_tracking_store, normalise_uri
 
 DEFAULT_STORAGE = "sfkd_runs"
-# Ray's tables, TensorBoard hints and snapshot warnings stay out of the user's terminal.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def build_parser() -> OneLineParser:
@@ -135,7 +133,7 @@ def preflight(space):
     from trainables.config import DistillConfig
     from trainables.data.splits import locate_data
     from trainables.inputs import load_run_splits
-    from trainables.teacher import check_never_saw_validation, check_worth_distilling, load_teacher
+    from trainables.teacher_file import check_never_saw_validation, check_worth_distilling, load_teacher
 
     cfg = DistillConfig.from_dict(space.config)
     if "dataset" in space.params or "data_dir" in space.params:
@@ -157,7 +155,7 @@ def preflight(space):
 
 
 def main(argv=None) -> int:
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_libraries()
     a = build_parser().parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
     if a.resume:
@@ -194,8 +192,8 @@ def main(argv=None) -> int:
         run_dir.rmdir()  # nothing ran: leave no empty run folder behind
         raise
 
-    from tuner.cli import USER_ERRORS
     from tuner.driver import run_search
+    from tuner.errors import USER_ERRORS
 
     try:
         return run_search(space, storage, name, a, argv, data=data)

@@ -9,7 +9,7 @@ import yaml
 from trainables.config import ConfigError, DistillConfig, did_you_mean
 from trainables.data.splits import NUM_CLASSES
 from trainables.run import check_feature_config
-from tuner.cli import UsageError
+from tuner.errors import UsageError
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "choice": None, "grid": None}
@@ -63,10 +63,6 @@ def resolve_space(name: str) -> Path:
         raise SpaceError(f"unknown space {name!r}{did_you_mean(name, available_spaces())} "
                          f"(expected one of {', '.join(available_spaces())} or a .yaml path)")
     return p
-
-
-def _is_distribution(value) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
 
 
 def _check_distribution(where: str, key: str, spec) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow
 import pyarrow.fs as pafs
 
-from tuner.cli import UsageError
+from tuner.errors import UsageError
 
 
 def is_uri(location: str) -> bool:

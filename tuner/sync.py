@@ -3,13 +3,15 @@ import json
 import sys
 from pathlib import Path
 
-from tuner.cli import OneLineParser, UsageError, run_cli
+from tuner.cli import OneLineParser, quiet_libraries, run_cli
+from tuner.errors import UsageError
 from tuner.tracking import PENDING_FILE, sync_pending
 
 STATE_FILES = ("search.json", "final.json")  # where a search or a final run says which store it writes to
 
 
 def main(argv=None) -> int:
+    quiet_libraries()
     p = OneLineParser(prog="python -m tuner.sync", description=(
         "Send the MLflow writes that a search or a final run could not send (kept in <run-dir>/mlflow_pending.jsonl)."))
     p.add_argument("--run-dir", required=True, help="the search's (or final run's) folder, e.g. sfkd_runs/smoke-20260101-120000")

@@ -30,10 +30,6 @@ class DeviceLoader:
             return n // self.batch_size  # drop the ragged tail: a batch of one breaks BatchNorm
         return (n + self.batch_size - 1) // self.batch_size
 
-    @property
-    def num_images(self) -> int:
-        return self.images.shape[0]
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, _ in self.batches():
             yield x, y

@@ -55,7 +55,7 @@ def _uniform_plus(shapes: dict[str, torch.Size], density: float) -> dict[str, fl
     return out
 
 
-def layer_densities(shapes: dict[str, torch.Size], density: float, method: str) -> dict[str, float]:
+def allocate_layer_densities(shapes: dict[str, torch.Size], density: float, method: str) -> dict[str, float]:
     if method == "uniform":
         return {k: density for k in shapes}
     if method == "uniform+":

@@ -3,11 +3,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainables.sparsity.allocation import INIT_METHODS, exact_counts, layer_densities
+from trainables.sparsity.allocation import INIT_METHODS, allocate_layer_densities, exact_counts
 from trainables.sparsity.layers import SparsityError, maskable_parameters
 
 
-def _check_density(density: float) -> float:
+def _density_in_range(density: float) -> float:
     density = float(density)
     if not 0.0 < density <= 1.0:
         raise SparsityError(f"density must be in (0, 1], got {density}")
@@ -85,7 +85,7 @@ def init_masks(model: nn.Module, density: float, method: str, **kw) -> dict[str,
     default True): False re-draws random positions at the scored per-layer ratios.
     For `magnitude` the model must already hold the weights to prune (e.g. the teacher's).
     """
-    density = _check_density(density)
+    density = _density_in_range(density)
     if method not in INIT_METHODS:
         raise SparsityError(f"unknown sparse_init {method!r}; expected one of {', '.join(INIT_METHODS)}")
     seed = int(kw.get("seed", 0))
@@ -94,7 +94,7 @@ def init_masks(model: nn.Module, density: float, method: str, **kw) -> dict[str,
     keep = round(density * sum(numel.values()))
     if method in ("uniform", "uniform+", "ER", "ERK"):
         shapes = {k: p.shape for k, p in params.items()}
-        counts = exact_counts(numel, layer_densities(shapes, density, method), density)
+        counts = exact_counts(numel, allocate_layer_densities(shapes, density, method), density)
         return _random_masks(params, counts, seed)
     if method == "magnitude":
         scores = {k: p.detach().abs() for k, p in params.items()}
@@ -111,7 +111,7 @@ def init_masks(model: nn.Module, density: float, method: str, **kw) -> dict[str,
 
 def prune_by_magnitude(model: nn.Module, masks: dict[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
     """One pruning step: keep the globally largest |w| among the surviving weights."""
-    density = _check_density(density)
+    density = _density_in_range(density)
     params = maskable_parameters(model)
     keep = round(density * sum(p.numel() for p in params.values()))
     scores = {}

@@ -1,4 +1,3 @@
-import torch
 import torch.nn as nn
 
 
@@ -13,9 +12,3 @@ def maskable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
     return out
-
-
-def masked_density(masks: dict[str, torch.Tensor]) -> float:
-    kept = sum(int(m.sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    return kept / max(total, 1)

@@ -56,11 +56,12 @@ def _ungroup(grouped: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], density: float,
+def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], scheduled_density: float,
                 config: dict | None = None, extra: dict | None = None) -> dict:
-    """Write `state_dict` sparsely; `density` is the configured one and is asserted first.
-    Returns the header (with sizes and counts)."""
-    measured = check_density(state_dict, masks, density)
+    """Write `state_dict` sparsely. `scheduled_density`, the density the pruning schedule has reached
+    (the target once it is done), is asserted against the masks first and recorded beside the measured
+    one. Returns the header (with sizes and counts)."""
+    measured = check_density(state_dict, masks, scheduled_density)
     # Masked tensors go into one flat value tensor and one flat bitmask: a record per tensor in the
     # zip container would cost more than the bitmask itself for small layers.
     values, bitmasks, shapes, dense = [], [], {}, {}
@@ -78,14 +79,15 @@ def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], density:
         "values": torch.cat(values) if values else torch.zeros(0),
         "bitmasks": torch.cat(bitmasks) if bitmasks else torch.zeros(0, dtype=torch.uint8),
         "shapes": shapes, "dense": _group_by_dtype(dense),
-        "config": config or {}, "density": float(density), "measured_density": measured,
+        "config": config or {}, "scheduled_density": float(scheduled_density), "measured_density": measured,
         "nnz": nnz, "extra": extra or {},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
     blob = buf.getvalue()
     header = {"format": "sfkd-sparse-v1", "sha256": hashlib.sha256(blob).hexdigest(), "payload_bytes": len(blob),
-              "density": float(density), "measured_density": measured, "nonzero_params": sum(nnz.values())}
+              "scheduled_density": float(scheduled_density), "measured_density": measured,
+              "nonzero_params": sum(nnz.values())}
     head = json.dumps(header).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ def read_header(path) -> tuple[dict, bytes]:
         raise SparsityError(f"{path} is not an sfkd sparse checkpoint (bad magic bytes)")
     (hlen,) = struct.unpack("<Q", raw[8:16])
     try:
-        header = json.loads(raw[16:16 + hlen])
+        header = _renamed(json.loads(raw[16:16 + hlen]))
     except (ValueError, UnicodeDecodeError):
         raise SparsityError(f"{path}: checkpoint header is corrupt") from None
     blob = raw[16 + hlen:]
@@ -115,11 +117,18 @@ def read_header(path) -> tuple[dict, bytes]:
     return header, blob
 
 
+def _renamed(record: dict) -> dict:
+    """Files written before the scheduled density had its own name called it `density`."""
+    if "density" in record and "scheduled_density" not in record:
+        record["scheduled_density"] = record.pop("density")
+    return record
+
+
 def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, dict]:
     """(dense state_dict with zeros in place, masks, payload metadata). Refuses a file whose
     checksum fails or whose density differs from its own record or from `expect_density`."""
     _, blob = read_header(path)
-    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    payload = _renamed(torch.load(io.BytesIO(blob), weights_only=True))
     state, masks = _ungroup(payload["dense"]), {}
     values, bits = payload["values"], payload["bitmasks"]
     v_at = b_at = 0
@@ -132,12 +141,12 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
         t[m] = values[v_at:v_at + k]
         state[name], masks[name] = t, m
         v_at, b_at = v_at + k, b_at + n_bytes
-    density = payload["density"] if expect_density is None else float(expect_density)
+    density = payload["scheduled_density"] if expect_density is None else float(expect_density)
     try:
         check_density(state, masks, density)
     except SparsityError as e:
         raise SparsityError(f"{path}: {e}") from None
-    meta = {k: payload[k] for k in ("config", "density", "measured_density", "nnz", "extra")}
+    meta = {k: payload[k] for k in ("config", "scheduled_density", "measured_density", "nnz", "extra")}
     return state, masks, meta
 
 

@@ -1,0 +1,51 @@
+"""What every distillation method is: a loss over the student's logits (and stage maps), with the
+teacher's outputs when it has one. `logit_terms` is the alpha * CE + beta * KD they share."""
+import torch
+import torch.nn.functional as F
+
+from trainables.losses import kd_loss
+
+registered: dict[str, "Method"] = {}
+
+
+def register(cls):
+    registered[cls.name] = cls()
+    return cls
+
+
+class Method:
+    name = ""
+    weights = (0.5, 0.5)  # (alpha, beta) when a config leaves them out: the method's literature recipe
+    needs_teacher = True
+    distils_stages = False  # matches the student's `feature_stages` maps to the teacher's
+    connectors = False  # a 1x1 conv connector per stage where the channel counts differ
+
+    def resolve(self, cfg) -> None:
+        """Fix, in place, the weights of loss terms this method does not have."""
+        cfg.gamma = 0.0
+
+    def check_stage(self, cfg, height: int, width: int, where: str) -> None:
+        """Raise ValueError if the config cannot distil a height x width stage map."""
+
+    def losses(self, cfg, logits, y, t_logits, pairs) -> tuple[torch.Tensor, dict]:
+        """The weighted total and its named parts. `pairs`: (student map, teacher map) per distilled
+        stage, after the connectors."""
+        raise NotImplementedError
+
+
+def logit_terms(cfg, logits, y, t_logits) -> tuple[torch.Tensor, dict]:
+    """alpha * CE, plus beta * KD when there is a teacher and beta > 0."""
+    parts = {"ce": F.cross_entropy(logits.float(), y)}
+    total = cfg.alpha * parts["ce"]
+    if t_logits is not None and cfg.beta > 0:
+        parts["kd"] = kd_loss(logits, t_logits, cfg.temperature)
+        total = total + cfg.beta * parts["kd"]
+    return total, parts
+
+
+def summed(values) -> torch.Tensor | int:
+    """The sum over stages, added left to right from 0 (the order the numbers were always taken in)."""
+    out = 0
+    for v in values:
+        out = out + v
+    return out

@@ -1,0 +1,12 @@
+"""The errors that are the user's input, not a bug: each becomes one line on stderr and exit status 2."""
+from trainables.config import ConfigError
+from trainables.data.sources import DataError
+from trainables.sparsity import SparsityError
+from trainables.teacher_file import TeacherError
+
+
+class UsageError(ValueError):
+    """Bad input found by the driver itself (a flag, a space file, a storage path)."""
+
+
+USER_ERRORS = (ConfigError, DataError, SparsityError, TeacherError, UsageError)
