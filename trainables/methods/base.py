@@ -33,6 +33,24 @@ class Method:
         raise NotImplementedError
 
 
+class StageTerm(Method):
+    """alpha * CE + beta * KD + weight * (one per-stage loss, summed over the distilled stages)."""
+    weights = (1.0, 0.0)  # KD only when beta is given on purpose
+    distils_stages = True
+    part = ""  # the loss part's name
+    weight_key = ""  # the config key of its weight
+
+    def stage_loss(self, f_s, f_t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def losses(self, cfg, logits, y, t_logits, pairs):
+        total, parts = logit_terms(cfg, logits, y, t_logits)
+        if pairs:
+            parts[self.part] = summed(self.stage_loss(f_s, f_t) for f_s, f_t in pairs)
+            total = total + getattr(cfg, self.weight_key) * parts[self.part]
+        return total, parts
+
+
 def logit_terms(cfg, logits, y, t_logits) -> tuple[torch.Tensor, dict]:
     """alpha * CE, plus beta * KD when there is a teacher and beta > 0."""
     parts = {"ce": F.cross_entropy(logits.float(), y)}
