@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     out = write_best_config(Path(a.out).resolve(), trial_config(client, best),
                             search_run_id=parent.info.run_id,
                             experiment=client.get_experiment(parent.info.experiment_id).name,
-                            trial_id=best.data.tags.get("sfkd.trial_id"), **{metric: score},
+                            trial_id=best.data.tags.get("sfkd.trial_id"), **{metric: round(score, 4)},
                             storage_path=parent_of(storage) if storage else None)
     print(f"best trial {best.data.tags.get('sfkd.trial_id')} ({metric} {score:.2f}) -> {out}")
     return 0

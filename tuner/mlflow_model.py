@@ -51,7 +51,8 @@ def log_student_model(uri: str, run_id: str, checkpoint: Path, preprocessing: Pa
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):  # the final run; leaving the block marks it finished
         info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=SparseStudent(), registered_model_name=name,
+            name=MODEL_NAME, python_model=str(Path(__file__).with_name("student_model_code.py")),
+            registered_model_name=name,
             artifacts={CHECKPOINT_KEY: str(checkpoint), PREPROCESSING_KEY: str(preprocessing)},
             code_paths=[str(Path(trainables.__file__).parent), str(Path(__file__).parent)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"])
