@@ -58,3 +58,16 @@ def test_the_final_run_says_when_its_teacher_had_a_smaller_budget_than_the_confi
     assert "teacher_epochs 240" in note and "--set teacher=" in note
     assert teacher_budget_note(cfg, {"epochs": 240}) is None
     assert teacher_budget_note(cfg, {}) is None  # a file with no recorded recipe: nothing to compare
+
+
+def test_a_final_run_of_a_teacherless_config_trains_and_registers(tmp_path):
+    import yaml
+
+    from tuner import final
+
+    cfg = {"method": "ft", "teacher": "none", "dataset": "synthetic", "synthetic_size": 300, "student": "resnet8",
+           "teacher_arch": "resnet8", "epochs": 1, "batch_size": 64, "density": 0.5}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    assert final.main(["--config", str(tmp_path / "ft.yaml"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                       "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "student.sfkd").is_file()

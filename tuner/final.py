@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     tracker = SearchTracker(uri, a.experiment or header.get("experiment", "final"), out)
     (out / "final.json").write_text(json.dumps({"tracking_uri": uri, "experiment": tracker.experiment}, indent=2))
     run = DistillRun(cfg, full_train=True)
-    note = teacher_budget_note(cfg, {k: v for k, v in read_teacher_file(cfg.teacher).items() if k != "state_dict"})
+    note = teacher_budget_note(cfg, read_teacher_file(cfg.teacher) if cfg.uses_teacher else {})
     if note:
         print(note, flush=True)
     tags = {"sfkd.kind": "final"}
