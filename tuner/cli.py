@@ -18,7 +18,14 @@ def quiet_libraries() -> None:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage block) with exit status 2."""
+    """argparse that reports a bad flag in one line (no usage block) with exit status 2. Started as a
+    console script (sfkd-search), --help and errors name that script instead of `python -m tuner.X`."""
+
+    def __init__(self, *args, prog=None, **kw):
+        script = os.path.basename(sys.argv[0] or "")
+        if script.startswith("sfkd-"):
+            prog = script
+        super().__init__(*args, prog=prog, **kw)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

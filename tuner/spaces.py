@@ -1,6 +1,7 @@
 """Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
 import copy
 import dataclasses
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from trainables.data.splits import NUM_CLASSES
 from trainables.run import check_feature_config
 from tuner.errors import UsageError
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+# The spaces are package data of `search_spaces`; installed from a wheel they sit in site-packages.
+SPACES_DIR = Path(str(resources.files("search_spaces")))
 DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "choice": None, "grid": None}
 SECTIONS = ("description", "config", "arms", "study", "search", "scheduler", "resources")
 SEARCH_DEFAULTS = {"num_samples": 8, "metric": "val_acc", "mode": "max", "searcher": "optuna", "seed": 0,
