@@ -1,8 +1,8 @@
 """Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
 import copy
 import dataclasses
-from importlib import resources
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
