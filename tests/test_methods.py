@@ -1,5 +1,5 @@
 """Each distillation method is one small unit in a registry: it declares what it needs and returns
-its named loss parts, with the weights of METHOD.md's Baselines."""
+its named loss parts, with the weights of docs/method.md's Baselines."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""What makes a comparison fair (METHOD.md, Protocol and Baselines): every difference between two runs
+"""What makes a comparison fair (docs/method.md, Protocol and Baselines): every difference between two runs
 comes from the thing compared, never from the data, the start, the validation images or a leak."""
 import subprocess
 import sys

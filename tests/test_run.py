@@ -66,7 +66,7 @@ def test_every_distillation_method_trains_an_epoch(tiny_teacher_file, method):
     run = DistillRun({**TINY, "teacher": str(tiny_teacher_file), "method": method, "epochs": 1, "synthetic_size": 200})
     m = run.step()
     assert m["loss"] > 0 and not m["diverged"]
-    # METHOD.md, Baselines: AT and SP are CE plus their own term, with no KD unless an arm sets beta.
+    # docs/method.md, Baselines: AT and SP are CE plus their own term, with no KD unless an arm sets beta.
     active = {"ft": [], "kd": ["kd"], "fitnet": ["kd", "fg"], "at": ["at"], "sp": ["sp"],
               "sfkd": ["kd", "fg", "bg"]}[method]
     for part in ("kd", "fg", "bg", "at", "sp"):

@@ -13,7 +13,7 @@ def test_all_spaces_of_the_issue_are_shipped():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_space_validates_and_takes_the_run_small_overrides(name):
     space = parse_space(name)
-    if name != "smoke":  # paper scale: the SF-KD paper's 240 epochs, seed 001's 120 retraining epochs
+    if name != "smoke":  # paper scale: the SF-KD paper's 240 epochs, Chen et al. 2021's 120 retraining epochs
         assert space.config["dataset"] == "cifar100" and space.config["epochs"] == (120 if name == "prune_kd" else 240)
     small = parse_space(name, {"dataset": "cifar10", "epochs": 2, "scheduler.max_t": 2, "search.num_samples": 2})
     assert small.config["dataset"] == "cifar10" and small.scheduler["max_t"] == 2

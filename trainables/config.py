@@ -54,7 +54,7 @@ class DistillConfig:
     gamma: float = 0.5
     bg_weight: float = 0.4
     fg_size: int = 4
-    sfkd_norm: str = "map"  # map: MSE over the full masked maps (paper Eqs. 5-6); region: over each region's area
+    sfkd_norm: str = "map"  # map: MSE over the full masked maps (He et al. 2025, Eqs. 5-6; docs/method.md, Losses); region: over each region's area
     temperature: float = 4.0
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
@@ -135,7 +135,7 @@ class DistillConfig:
             self.density = 0.9
         _in_range("density", self.density, 0.0, 1.0, lo_open=True)
         _one_of("method", self.method, METHODS)
-        # alpha and beta left out take the method's literature recipe (METHOD.md, Baselines); the
+        # alpha and beta left out take the method's literature recipe (docs/method.md, Methods); the
         # method then fixes the weights of terms it does not have (FT: CE at weight 1, nothing else).
         method = get_method(self.method)
         default_alpha, default_beta = method.weights

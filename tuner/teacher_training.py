@@ -9,7 +9,7 @@ from tuner.progress import epoch_postfix, training_bar
 
 
 def teacher_config(arch: str, dataset: str, epochs: int, **overrides) -> DistillConfig:
-    """A dense, teacher-less (FT) run of `arch`: the recipe of METHOD.md with CE only."""
+    """A dense, teacher-less (FT) run of `arch`: the training recipe of docs/method.md with CE only."""
     values = dict(student=arch, teacher_arch=arch, teacher="none", method="ft", alpha=1.0, beta=0.0, gamma=0.0,
                   density=1.0, sparse_init="uniform", dataset=dataset, epochs=epochs)
     values.update(overrides)

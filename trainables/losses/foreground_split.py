@@ -1,5 +1,5 @@
 """Sparsity-friendly feature decoupling: the distilled map is split into a central foreground
-square and the background, each matched to the teacher with its own MSE (METHOD.md, Eqs. 3-6)."""
+square and the background, each matched to the teacher with its own MSE (He et al. 2025, Eqs. 3-6; docs/method.md, Losses)."""
 import torch
 
 
@@ -24,7 +24,7 @@ def foreground_mask(height: int, width: int, fg_size: int, device=None) -> torch
 
 
 def sfkd_parts(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int, norm: str = "map") -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_fg, L_bg) of METHOD.md.
+    """(L_fg, L_bg) of docs/method.md, Losses.
 
     norm="map" (the default, paper Eqs. 5-6 read literally): each part is the MSE of the full-size masked
     maps, a mean over all B * C * H * W elements, so L_fg + L_bg is the plain feature MSE (FitNet).
@@ -51,6 +51,6 @@ def sfkd_parts(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int, norm: str = "
 
 
 def sfkd_loss(f_s: torch.Tensor, f_t: torch.Tensor, fg_size: int, bg_weight: float, norm: str = "map") -> torch.Tensor:
-    """L_sf = L_fg + bg_weight * L_bg (METHOD.md)."""
+    """L_sf = L_fg + bg_weight * L_bg (docs/method.md, Losses)."""
     l_fg, l_bg = sfkd_parts(f_s, f_t, fg_size, norm)
     return l_fg + bg_weight * l_bg

@@ -1,4 +1,4 @@
-"""Per-layer densities for the data-free methods (METHOD.md "Sparse initialisation")."""
+"""Per-layer densities for the data-free methods (docs/method.md, Sparse initialisation)."""
 import torch
 
 from trainables.sparsity.layers import SparsityError

@@ -1,4 +1,4 @@
-"""init_masks: which weights of a student survive, for every method of METHOD.md (Table 9)."""
+"""init_masks: which weights of a student survive, for every method of docs/method.md, Sparse initialisation."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

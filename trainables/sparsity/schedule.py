@@ -1,4 +1,5 @@
-"""Pruning schedules of seed 001: one-shot, iterative (exponential, Eq. 9) and Zhu-Gupta cubic."""
+"""Pruning schedules (docs/method.md, Pruning schedules): one-shot, iterative (the exponential decline of
+Chen et al. 2021, Eq. 9) and Zhu & Gupta 2017's cubic."""
 SCHEDULES = ("one-shot", "iterative", "cubic")
 
 
@@ -34,7 +35,7 @@ def step_epochs(steps: int, interval: int, epochs: int) -> list[int]:
 
 def pruning_plan(schedule: str, target: float, steps: int, interval: int, epochs: int) -> dict[int, float]:
     """{epoch: density to prune to at the start of that epoch}, ending at `target` within `epochs`.
-    The epochs after the last step are seed 001's n2 fine-tuning epochs."""
+    The epochs after the last step are n2 fine-tuning epochs of Chen et al. 2021."""
     if schedule == "one-shot":
         return {}
     plan = {}
