@@ -48,14 +48,23 @@ def test_teacher_for_another_architecture_or_class_count_is_refused(tiny_teacher
         load_teacher(tmp_path / "r.pth", "resnet8", 10)
 
 
-def test_the_final_run_says_when_its_teacher_had_a_smaller_budget_than_the_config():
+def test_the_final_run_says_what_is_short_about_its_teacher_and_the_one_command_that_fixes_it():
     from trainables.config import DistillConfig
     from tuner.final import teacher_budget_note
 
-    cfg = DistillConfig.from_dict({"teacher": "/runs/teachers/resnet110.pt", "teacher_epochs": 240, "epochs": 240})
-    note = teacher_budget_note(cfg, {"epochs": 2, "trained_on": "train", "test_acc": 40.46})
-    assert note.startswith("note: teacher resnet110.pt was trained for 2 epochs (on train, test top-1 40.46%)")
-    assert "teacher_epochs 240" in note and "--set teacher=" in note
+    cfg = DistillConfig.from_dict({"teacher": "/runs/teachers/resnet110.pt", "teacher_epochs": 240, "epochs": 240,
+                                   "dataset": "cifar100", "data_dir": "/data/c100"})
+    # A file the user trained for 8 epochs with tuner.teacher: the epochs are what is short.
+    mine = teacher_budget_note(cfg, {"epochs": 8, "trained_on": "train", "test_acc": 40.46, "origin": "tuner.teacher"})
+    assert mine.startswith("note: teacher resnet110.pt was trained for 8 epochs (on train, test top-1 40.46%): "
+                           "fewer than the recipe's teacher budget (teacher_epochs 240).")
+    assert ("python -m tuner.teacher --arch resnet110 --dataset cifar100 --data-dir /data/c100 --epochs 240 "
+            "--train-on train+val --out teachers/resnet110-cifar100-e240.pt") in mine
+    assert mine.endswith("then run this again with --set teacher=teachers/resnet110-cifar100-e240.pt")
+    assert "pass --set teacher=FILE" not in mine and mine.count("\n") == 0
+    # The search's auto teacher, capped by its --epochs: the note says that is why.
+    auto = teacher_budget_note(cfg, {"epochs": 2, "trained_on": "train", "test_acc": 30.0, "origin": "auto"})
+    assert "it is the search's auto teacher, cut to that by the search's --epochs (teacher_epochs 240)" in auto
     assert teacher_budget_note(cfg, {"epochs": 240}) is None
     assert teacher_budget_note(cfg, {}) is None  # a file with no recorded recipe: nothing to compare
 

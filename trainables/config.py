@@ -13,6 +13,9 @@ from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.schedule import SCHEDULES
 
 SFKD_NORMS = ("map", "region")
+# Keys that shape generated data only: a run of real data ignores them (its image size and classes come
+# from the files), so an export of such a run leaves them out rather than state a size that is not the data's.
+SYNTHETIC_ONLY_KEYS = ("synthetic_size", "synthetic_classes", "image_size")
 LR_SCHEDULES = ("multistep", "cosine")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 

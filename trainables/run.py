@@ -111,7 +111,7 @@ class DistillRun:
             # Building the teacher draws random initial weights; they must not come from the student's seed.
             with torch.random.fork_rng(devices=[]):
                 source = cfg.teacher if teacher_bytes is None else teacher_bytes
-                self.teacher, _ = load_teacher(source, cfg.teacher_arch, nc, self.device)
+                self.teacher, _ = load_teacher(source, cfg.teacher_arch, nc, self.device, self.data.image_size)
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
             for p in self.teacher.parameters():

@@ -81,9 +81,21 @@ def check_worth_distilling(info: dict, name: str, num_classes: int) -> None:
         f"trained teacher file (python -m tuner.teacher, then --set teacher=FILE)")
 
 
-def load_teacher(path, arch: str, num_classes: int, device="cpu") -> tuple[nn.Module, dict]:
-    """A frozen teacher in eval mode, checked against the expected architecture and class count.
-    `path` may also be the file's bytes."""
+def check_image_size(info: dict, path, image_size: int | None) -> None:
+    """A teacher trained on images of another size than the data's is refused: global pooling lets it run
+    at any size, but its features there are not the ones it learned, and a student distilled from them
+    learns the mismatch. (Files that record no image size, e.g. RepDistiller's, are not judged.)"""
+    trained = info.get("image_size")
+    if image_size is None or trained is None or int(trained) == int(image_size):
+        return
+    raise TeacherError(f"teacher file {path} was trained on {trained}x{trained} images; this data is {image_size}x"
+                       f"{image_size}: train a teacher on it (python -m tuner.teacher ... --data-dir DIR), or give the "
+                       f"data the teacher was trained on")
+
+
+def load_teacher(path, arch: str, num_classes: int, device="cpu", image_size: int | None = None) -> tuple[nn.Module, dict]:
+    """A frozen teacher in eval mode, checked against the expected architecture, class count and (when
+    the file records it) the image size of the data it will see. `path` may also be the file's bytes."""
     blob = read_teacher_file(path)
     if isinstance(path, bytes):
         path = "(sent by the search driver)"
@@ -91,6 +103,7 @@ def load_teacher(path, arch: str, num_classes: int, device="cpu") -> tuple[nn.Mo
         raise TeacherError(f"teacher file {path} is a {blob['arch']}; the config expects teacher_arch {arch}")
     if blob.get("num_classes", num_classes) != num_classes:
         raise TeacherError(f"teacher file {path} has {blob['num_classes']} classes; the dataset has {num_classes}")
+    check_image_size(blob, path, image_size)
     model = create_model(arch, num_classes)
     try:
         model.load_state_dict(blob["state_dict"])

@@ -54,6 +54,15 @@ class MLflowTrialCallback(Callback):
         self.last: dict[str, dict] = {}
         self.ending: list[tuple] = []  # trials ended, waiting for Ray's state to be saved
         self.recorded: set[str] = set()  # trials whose ending this process wrote
+        self._figures = None  # one thread that draws ended trials' figures (see _record_end)
+
+    # Pickled into Ray's tuner.pkl with the run config: the thread stays behind.
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_figures"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._figures = None
 
     def _run(self, trial) -> str:
         # The params are the config as the trial runs it: weights a method resolves (FT's alpha 1, an AT
@@ -97,6 +106,14 @@ class MLflowTrialCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         self._record_endings(force=True)
+        self.drain()
+
+    def drain(self) -> None:
+        """Wait until every ended trial's figures are drawn and its run ended (before the writer is
+        flushed for the last time, or the report is drawn)."""
+        if self._figures is not None:
+            self._figures.shutdown(wait=True)
+            self._figures = None
 
     def _state_saved_at(self) -> float:
         """When Ray last saved the experiment state (what --resume restores from)."""
@@ -117,11 +134,21 @@ class MLflowTrialCallback(Callback):
         self.ending = waiting
 
     def _record_end(self, trial_id: str, run_id: str, status: str, epochs, checkpoint) -> None:
+        """Tags now; the figures and the run's end on a thread of their own: drawing a trial's heatmaps
+        takes about a second, which on Tune's controller thread stalled every trial's results (Ray
+        warned "callbacks.on_step_end ... may be a performance bottleneck")."""
+        from concurrent.futures import ThreadPoolExecutor
+
         self.tracker.set_tags(run_id, {"sfkd.status": status, "sfkd.epochs_run": epochs})
+        self.recorded.add(trial_id)
+        if self._figures is None:
+            self._figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-figures")
+        self._figures.submit(self._draw_and_end, trial_id, run_id, status, checkpoint)
+
+    def _draw_and_end(self, trial_id: str, run_id: str, status: str, checkpoint) -> None:
         if status != "diverged":
             self._log_figures(trial_id, run_id, checkpoint)
         self.tracker.end(run_id, "FAILED" if status == "diverged" else "FINISHED")
-        self.recorded.add(trial_id)
 
     def reconcile(self, results) -> None:
         """After a resumed search: a trial Ray had saved as finished whose ending the killed process never

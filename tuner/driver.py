@@ -208,6 +208,7 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
     mlflow_callback.on_experiment_end(trials=[])  # Ray has saved its final state: record what still waits
     if resume:
         mlflow_callback.reconcile(results)
+        mlflow_callback.drain()
     return finish(space, results, tracker, storage, name)
 
 

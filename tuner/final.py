@@ -64,16 +64,16 @@ def main(argv=None) -> int:
     location = header.get("storage_path") or "sfkd_runs"
     storage = Path("sfkd_runs" if is_uri(location) else location)  # a final run's files stay on this machine
     out = Path(a.out or storage / f"final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
 
     uri = normalise_uri(a.tracking_uri)
     check_tracking_store(uri)
-    tracker = SearchTracker(uri, a.experiment or header.get("experiment", "final"), out)
-    (out / "final.json").write_text(json.dumps({"tracking_uri": uri, "experiment": tracker.experiment}, indent=2))
-    run = DistillRun(cfg, full_train=True)
+    run = DistillRun(cfg, full_train=True)  # reads and checks the data and the teacher before anything is recorded
     note = teacher_budget_note(cfg, read_teacher_file(cfg.teacher) if cfg.uses_teacher else {})
     if note:
         print(note, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = SearchTracker(uri, a.experiment or header.get("experiment", "final"), out)
+    (out / "final.json").write_text(json.dumps({"tracking_uri": uri, "experiment": tracker.experiment}, indent=2))
     tags = {"sfkd.kind": "final"}
     if header.get("search_run_id"):
         tags["sfkd.search_run_id"] = header["search_run_id"]
@@ -144,14 +144,21 @@ def default_model_name(cfg: DistillConfig) -> str:
 
 
 def teacher_budget_note(cfg: DistillConfig, info: dict) -> str | None:
-    """One line when the teacher file was trained for fewer epochs than this config's teacher budget
-    (a search's --epochs caps an auto teacher, and the final run inherits that small teacher)."""
+    """One line when the teacher file was trained for fewer epochs than this config's teacher budget: what
+    is short (the epochs, and why: a search's --epochs caps its auto teacher) and the one command that
+    trains a teacher of the full budget (a file the user trained that short gets the same command)."""
     epochs = info.get("epochs")
     if epochs is None or epochs >= cfg.teacher_epochs:
         return None
+    why = ("it is the search's auto teacher, cut to that by the search's --epochs"
+           if info.get("origin") == "auto" else "fewer than the recipe's teacher budget")
+    data = f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""
+    out = f"teachers/{cfg.teacher_arch}-{cfg.dataset}-e{cfg.teacher_epochs}.pt"
     return (f"note: teacher {Path(cfg.teacher).name} was trained for {epochs} epochs (on {info.get('trained_on', '?')}, "
-            f"test top-1 {info.get('test_acc', float('nan')):.2f}%), fewer than teacher_epochs {cfg.teacher_epochs}; "
-            f"for a teacher that matches this budget train one with python -m tuner.teacher and pass --set teacher=FILE")
+            f"test top-1 {info.get('test_acc', float('nan')):.2f}%): {why} (teacher_epochs {cfg.teacher_epochs}). "
+            f"A teacher trained for {cfg.teacher_epochs} epochs: python -m tuner.teacher --arch {cfg.teacher_arch} "
+            f"--dataset {cfg.dataset}{data} --epochs {cfg.teacher_epochs} --train-on train+val --out {out}, then run "
+            f"this again with --set teacher={out}")
 
 
 if __name__ == "__main__":

@@ -79,11 +79,26 @@ def prepare_storage(location: str) -> RunStorage:
     return storage
 
 
+def route_ray_logging(log_file: Path, loggers=("ray", "ray._private")) -> None:
+    """Ray's own log lines (its token-authentication notice, Tune's "may be a performance bottleneck")
+    go to search.log; errors also reach the console, so nothing that reports a failure is hidden. A
+    logger with no handler would fall back to Python's last-resort stderr handler, which is how those
+    lines reached the console before: ray.init(configure_logging=False) clears the "ray" logger's
+    handlers, so they go on again after it, and on "ray._private" (left alone by ray.init) for what
+    ray.init itself logs."""
+    to_file = logging.FileHandler(log_file)
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.handlers = [to_file, errors]
+        logger.propagate = False
+
+
 def init_ray(address: str | None, log_file: Path):
     import ray
 
-    logging.getLogger("ray").handlers = [logging.FileHandler(log_file)]
-    logging.getLogger("ray").propagate = False
+    route_ray_logging(log_file)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
         kw = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
@@ -91,6 +106,7 @@ def init_ray(address: str | None, log_file: Path):
             ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
         except ConnectionError as e:
             raise UsageError(f"--address {address}: cannot reach a Ray cluster there ({e})") from None
+    route_ray_logging(log_file, ("ray",))
     return ray
 
 
@@ -126,6 +142,15 @@ def find_previous(storage: RunStorage, space_name: str, name: str | None) -> str
     return name
 
 
+def subset_rounding(cfg, data) -> str:
+    """A subset is drawn per class (stratified), each class's share rounded, so it can differ from the
+    number asked for by a few images: the data line says so rather than leave 211 for 210 unexplained."""
+    said = [f"{key} {asked} gives {len(x):,}" for key, asked, x in
+            (("train_subset", cfg.train_subset, data.train_x), ("val_subset", cfg.val_subset, data.val_x))
+            if asked is not None and asked != len(x)]
+    return f" ({'; '.join(said)}: each class's share is rounded)" if said else ""
+
+
 def preflight(space):
     """Data and teacher files are checked before anything is recorded or any trial starts, and the
     console says what data the search will train on. Returns the loaded splits (None when the data
@@ -142,11 +167,12 @@ def preflight(space):
     data = load_run_splits(cfg)
     where = f" from {root}" if root else " (generated)"
     print(f"data: {cfg.dataset}{where}: {len(data.train_x):,} training / {len(data.val_x):,} validation / "
-          f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}",
-          flush=True)
+          f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}"
+          f"{subset_rounding(cfg, data)}", flush=True)
     if cfg.teacher in ("auto", "none") or "teacher" in space.params or "teacher_arch" in space.params:
         return data
-    _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes)
+    _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes,
+                           image_size=data.image_size)
     check_worth_distilling(info, Path(cfg.teacher).name, data.num_classes)
     warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
     if warning:

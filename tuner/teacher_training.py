@@ -20,11 +20,12 @@ TRAIN_ON = ("train", "train+val")
 
 
 def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on: str = "train", data=None,
-                  on_epoch=None) -> tuple[Path, float]:
+                  on_epoch=None, origin: str = "tuner.teacher") -> tuple[Path, float]:
     """Train on the training split (`train`: usable by a search, it never sees the validation images) or
     on train+val (a final run's teacher) for cfg.epochs, measure test top-1, save a teacher file that
     records that recipe; returns (path, acc). `data`: those splits, already loaded; `on_epoch(line)`
-    hears one line per finished epoch."""
+    hears one line per finished epoch; `origin`: "auto" for a search's own teacher (its budget capped by
+    the search's --epochs), recorded so that a final run can say so."""
     run = DistillRun(cfg, data=data, full_train=train_on == "train+val")
     bar = training_bar(cfg.epochs, len(run.train_loader), f"teacher {cfg.student}", enabled=progress)
     shown = {}  # the last finished epoch's numbers, shown while the next one runs
@@ -40,7 +41,7 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
                  test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed, trained_on=train_on,
                  split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
-                 precision=run.precision)
+                 precision=run.precision, image_size=run.data.image_size, origin=origin)
     return Path(out), test["acc"]
 
 
@@ -50,7 +51,7 @@ def _teacher_task(cfg: dict, train_on: str, data, progress) -> tuple[bytes, floa
 
     with tempfile.TemporaryDirectory() as folder:
         path, acc = train_teacher(DistillConfig.from_dict(cfg), Path(folder) / "teacher.pt", progress=False,
-                                  train_on=train_on, data=data, on_epoch=progress.put)
+                                  train_on=train_on, data=data, on_epoch=progress.put, origin="auto")
         return path.read_bytes(), acc
 
 
