@@ -51,3 +51,28 @@ class GatedTrainable(SFKDTrainable):
 
 # Ray's Tuner.restore accepts only a trainable of the same name: the resumed search runs the real one.
 GatedTrainable.__name__ = GatedTrainable.__qualname__ = "SFKDTrainable"
+
+
+class EpochGatedTrainable(SFKDTrainable):
+    """Runs epoch e only once the number in GATE_FILE is at least e, and waits before it otherwise: the
+    outage test moves the gate, so it knows which epochs ran before, during and after an outage without
+    racing the trials."""
+
+    GATE_FILE = "/tmp/sfkd-epoch-gate"
+
+    def step(self):
+        import time
+        from pathlib import Path
+
+        while True:
+            try:
+                allowed = int(Path(self.GATE_FILE).read_text().strip() or 0)
+            except (OSError, ValueError):  # read while the test rewrites it
+                allowed = 0
+            if allowed > self.run.epoch:
+                break
+            time.sleep(0.2)
+        return super().step()
+
+
+EpochGatedTrainable.__name__ = EpochGatedTrainable.__qualname__ = "SFKDTrainable"

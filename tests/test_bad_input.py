@@ -50,12 +50,102 @@ def recorded(tmp_path_factory):
     (root / "bad_dist.yaml").write_text("config:\n  dataset: synthetic\n  gamma: {uniform: [1.0, 0.1]}\n")
     (root / "bad_dist_name.yaml").write_text("config:\n  dataset: synthetic\n  gamma: {normal: [0, 1]}\n")
     (root / "final_bad.yaml").write_text("dataset: synthetic\nalhpa: 1\n")
+    _bad_files(root)
     return root
 
 
+def _png(path: Path, size=16, seed=0):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    Image.fromarray(torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()).save(path)
+
+
+def _tree(root: Path, bad: dict | None = None, classes=("c0", "c1"), per_class=3, empty=()):
+    """An ImageFolder tree of small PNGs; `bad` puts named files (bytes, or a size for an odd image) in
+    train/<last class>/, decoded last, so nothing is decoded or cached before the bad one is met."""
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            if split == "train" and c in empty:
+                continue
+            for i in range(per_class):
+                _png(root / split / c / f"{i}.png", seed=i)
+    for name, content in (bad or {}).items():
+        target = root / "train" / classes[-1] / name
+        if isinstance(content, int):
+            _png(target, size=content)
+        else:
+            target.write_bytes(content)
+    return root
+
+
+def _sparse_file(path: Path, payload) -> None:
+    """A sparse checkpoint whose header and checksum are right for whatever payload it holds."""
+    import io
+    import json
+    import struct
+
+    from trainables.sparsity.sparse_checkpoint import MAGIC
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    blob = buf.getvalue()
+    head = json.dumps({"format": "sfkd-sparse-v1", "sha256": hashlib.sha256(blob).hexdigest(), "payload_bytes": len(blob),
+                       "scheduled_density": 0.5, "measured_density": 0.5, "nonzero_params": 0}).encode()
+    path.write_bytes(MAGIC + struct.pack("<Q", len(head)) + head + blob)
+
+
+def _bad_files(root: Path) -> None:
+    """Files of every kind the tool reads, each damaged in one way."""
+    import gzip
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.fromarray(torch.zeros(16, 16, 3, dtype=torch.uint8).numpy()).save(jpeg, format="JPEG")
+    _tree(root / "tree_corrupt", {"z.jpg": bytes(range(256)) * 4})
+    _tree(root / "tree_truncated", {"z.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2]})
+    _tree(root / "tree_zero", {"z.jpg": b""})
+    _tree(root / "tree_text", {"z.png": b"this is a text file, not a picture\n"})
+    _tree(root / "tree_sizes", {"z.png": 20})
+    _tree(root / "tree_empty_class", empty=("c1",))
+    _tree(root / "tree_one_class", classes=("only",))
+    (root / "notgzip.tar.gz").write_text("plain text with an archive's name\n")
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        tar.add(root / "tree_one_class", arcname="tree")
+    (root / "cut.tar.gz").write_bytes(gzip.compress(tar_bytes.getvalue())[:300])
+    (root / "binary.yaml").write_bytes(bytes([0xFF, 0xFE, 0x00, 0x81]) * 64)
+    (root / "final_list.yaml").write_text("- dataset: synthetic\n")
+    (root / "final_binary.yaml").write_bytes(bytes([0xFF, 0xFE, 0x00, 0x81]) * 64)
+    # Teacher files: the right format without weights, no tensors at all, weights that are NaN.
+    torch.save({"format": "sfkd-teacher-v1", "arch": "resnet8", "num_classes": 10, "test_acc": 50.0},
+               root / "teacher_no_state.pt")
+    torch.save({"model": {"conv1.weight": [1, 2, 3]}}, root / "teacher_not_tensors.pt")
+    nan_model = create_model("resnet8", 10)
+    with torch.no_grad():
+        next(nan_model.parameters()).fill_(float("nan"))
+    save_teacher(root / "teacher_nan.pt", nan_model, "resnet8", "synthetic", 10, 50.0)
+    # Sparse checkpoints whose checksum is right but whose payload is not one.
+    _sparse_file(root / "payload_list.sfkd", [1, 2, 3])
+    _sparse_file(root / "payload_keys.sfkd", {"values": torch.zeros(3), "bitmasks": torch.zeros(1, dtype=torch.uint8)})
+    # A search folder whose search.json was cut off (and a Ray state beside it, so --resume reads it).
+    trunc = root / "sfkd_runs" / "cut-search"
+    trunc.mkdir(parents=True)
+    (trunc / "search.json").write_text('{"space": "smoke", "space_file": "/x/smo')
+    (trunc / "tuner.pkl").write_bytes(b"")
+    (trunc / "mlflow_pending.jsonl").write_text('{"op": "terminate", "run_id": "r", "status": "FINISHED", "seq": 0}\n')
+
+
 def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes and every folder under root: a new run folder, sqlite file or MLflow record
+    (which changes mlflow.db) shows as a difference."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(root.rglob("*"))}
 
 
 S = ["-m", "tuner.search", "--space", "smoke"]
@@ -117,6 +207,90 @@ CASES = [  # (id, argv, what the line must say)
     ("teacher cli: unknown arch", ["-m", "tuner.teacher", "--arch", "resnet21", "--dataset", "synthetic"],
      "unknown value 'resnet21'"),
 ]
+IMAGEFOLDER = ["--dataset", "imagefolder", "--set", "teacher=none", "--set", "method=ft", "--set", "fg_size=2"]
+# Rule 1: everything that can be checked is checked before the first record (what Ray, Optuna or the
+# tracking store would refuse only once the search had started).
+RULE_1 = [
+    ("search seed not an integer", S + ["--set", "search.seed=abc"], "search.seed: expected an integer >= 0, got 'abc'"),
+    ("quniform low not a multiple of q", S + ["--set", "bg_weight={{quniform: [0.15, 1.0, 0.1]}}"],
+     "bg_weight: quniform needs low and high that are multiples of q"),
+    ("quniform high not a multiple of q", S + ["--set", "bg_weight={{quniform: [0.1, 0.95, 0.2]}}"],
+     "bg_weight: quniform needs low and high that are multiples of q"),
+    ("uniform bound of inf", S + ["--set", "gamma={{uniform: [0.1, .inf]}}"], "gamma: uniform bounds must be finite numbers"),
+    ("loguniform bound of nan", S + ["--set", "lr={{loguniform: [.nan, 0.1]}}"], "lr: loguniform bounds must be finite"),
+    ("randint bounds not integers", S + ["--set", "fg_size={{randint: [1.5, 4]}}"], "fg_size: randint bounds must be integers"),
+    ("tracking URI of no known scheme", S + ["--tracking-uri", "foo://somewhere/x"],
+     "tracking URI foo://somewhere/x: MLflow has no tracking store for scheme 'foo'"),
+    ("tracking sqlite in a missing folder", S + ["--tracking-uri", "sqlite:///{r}/no_folder/m.db"],
+     "no_folder does not exist"),
+    ("tracking sqlite that is not a database", S + ["--tracking-uri", "sqlite:///{r}/afile"], "afile is not a sqlite database"),
+    ("tracking sqlite that is a folder", S + ["--tracking-uri", "sqlite:///{r}/empty"], "empty is a folder, not a sqlite"),
+    ("tracking database that refuses", S + ["--tracking-uri", "postgresql+psycopg://u:p@127.0.0.1:9/db"],
+     "tracking URI 127.0.0.1:9/db: the database cannot be reached"),
+    ("search metric unknown", S + ["--set", "search.metric=val_accuracy"], "search.metric: 'val_accuracy'"),
+    ("export: no store here", ["-m", "tuner.export", "--experiment", "smoke", "--tracking-uri", "sqlite:///{r}/none.db"],
+     "none.db does not exist, so it holds no search"),
+]
+# Rule 2: every file is read defensively; a bad one is one line naming it and what is wrong with it.
+RULE_2 = [
+    ("corrupt jpeg", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_corrupt"], "tree_corrupt/train/c1/z.jpg cannot be decoded"),
+    ("truncated jpeg", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_truncated"], "tree_truncated/train/c1/z.jpg cannot be decoded"),
+    ("zero-byte jpeg", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_zero"], "tree_zero/train/c1/z.jpg is empty"),
+    ("text named .png", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_text"], "tree_text/train/c1/z.png cannot be decoded"),
+    ("images of two sizes", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_sizes"], "tree_sizes/train/c1/z.png is 20x20"),
+    ("archive that is not gzip", S + IMAGEFOLDER + ["--data-dir", "{r}/notgzip.tar.gz"],
+     "notgzip.tar.gz cannot be read as a .tar.gz"),
+    ("archive cut off", S + IMAGEFOLDER + ["--data-dir", "{r}/cut.tar.gz"], "cut.tar.gz cannot be"),
+    ("space file of binary bytes", ["-m", "tuner.search", "--space", "{r}/binary.yaml"], "binary.yaml cannot be read as text"),
+    ("final: config that is a list", ["-m", "tuner.final", "--config", "{r}/final_list.yaml"],
+     "final_list.yaml: expected a mapping of config keys"),
+    ("final: config of binary bytes", ["-m", "tuner.final", "--config", "{r}/final_binary.yaml"],
+     "final_binary.yaml cannot be read as text"),
+    ("teacher of our format without weights", S + ["--set", "teacher={r}/teacher_no_state.pt"],
+     "teacher_no_state.pt says it is sfkd-teacher-v1 but holds no state_dict"),
+    ("teacher whose state is not tensors", S + ["--set", "teacher={r}/teacher_not_tensors.pt"],
+     "teacher_not_tensors.pt holds no state_dict"),
+    ("checkpoint payload not a mapping", ["-m", "tuner.checkpoint", "{r}/payload_list.sfkd"],
+     "payload_list.sfkd: checkpoint payload is a list, not the expected mapping"),
+    ("checkpoint payload missing keys", ["-m", "tuner.checkpoint", "{r}/payload_keys.sfkd"],
+     "payload_keys.sfkd: checkpoint payload has no valid 'shapes'"),
+    ("resume: search.json cut off", S + ["--resume", "--name", "cut-search"], "cut-search/search.json is not valid JSON"),
+    ("sync: search.json cut off", ["-m", "tuner.sync", "--run-dir", "{r}/sfkd_runs/cut-search"],
+     "cut-search/search.json is not valid JSON"),
+]
+# Rule 3: values are checked for meaning, not only for type.
+RULE_3 = [
+    ("lr of inf", S + ["--set", "lr=.inf"], "lr: inf is not a finite number"),
+    ("lr of nan", S + ["--set", "lr=.nan"], "lr: nan is not a finite number"),
+    ("temperature of inf", S + ["--set", "temperature=.inf"], "temperature: inf is not a finite number"),
+    ("density of nan", S + ["--set", "density=.nan"], "density: nan is not a finite number"),
+    ("gpu share of nan", S + ["--gpus-per-trial", "nan"], "--gpus-per-trial nan: expected a finite number >= 0"),
+    ("cpus of inf", S + ["--cpus-per-trial", "inf"], "--cpus-per-trial inf: expected a finite number > 0"),
+    ("cpus in the space of inf", S + ["--set", "resources.cpu=.inf"], "resources.cpu: expected a finite number >= 0, got inf"),
+    ("epochs a boolean", S + ["--set", "epochs=true"], "epochs: True has the wrong type; expected int"),
+    ("num_samples a boolean", S + ["--set", "search.num_samples=true"], "search.num_samples: expected an integer >= 1, got True"),
+    ("gpu share a boolean", S + ["--set", "resources.gpu=true"], "resources.gpu: expected a finite number >= 0, got True"),
+    ("one synthetic class", S + ["--set", "synthetic_classes=1"], "synthetic_classes: 1 is out of range"),
+    ("a class with no training images", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_empty_class"],
+     "tree_empty_class/train/c1 holds no images"),
+    ("a dataset of one class", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_one_class"], "a classifier needs at least 2"),
+    ("teacher with nan weights", S + ["--set", "teacher={r}/teacher_nan.pt"],
+     "teacher_nan.pt has weights that are not finite (nan or inf in conv1.weight)"),
+    ("choice holding nan", S + ["--set", "beta={{choice: [0.5, .nan]}}"], "beta: choice values must be finite"),
+]
+# Rule 6: a name is one folder name, and a run folder belongs to one search.
+RULE_6 = [
+    ("name that leaves the storage", S + ["--name", "../x"], "--name '../x': a run name is one folder name"),
+    ("name with a slash", S + ["--name", "a/b"], "--name 'a/b': a run name is one folder name"),
+    ("name dot", S + ["--name", "."], "--name '.': a run name is one folder name"),
+    ("name dot dot", S + ["--name", ".."], "--name '..': a run name is one folder name"),
+    ("empty name", S + ["--name", ""], "--name '': a run name is one folder name"),
+    ("name with surrounding spaces", S + ["--name", " x"], "--name ' x': a run name is one folder name"),
+    ("name of another search's folder", S + ["--name", "smoke-old"], "smoke-old already exists (another search's run folder)"),
+    ("resume: name that leaves the storage", S + ["--resume", "--name", "../recorded"],
+     "--name '../recorded': a run name is one folder name"),
+]
+CASES += RULE_1 + RULE_2 + RULE_3 + RULE_6
 
 
 def _run_case(recorded: Path, base: Path, index: int, argv: list[str]):
@@ -150,8 +324,9 @@ def test_bad_input_gets_one_line_exit_2_and_leaves_recorded_results_untouched(ou
     assert _snapshot(work) == before
 
 
-def test_there_are_at_least_25_bad_inputs():
-    assert len(CASES) >= 25
+def test_there_are_at_least_25_bad_inputs_and_four_of_each_promised_rule():
+    assert len(CASES) >= 85
+    assert min(len(RULE_1), len(RULE_2), len(RULE_3), len(RULE_6)) >= 4
 
 
 def test_an_auto_teacher_near_chance_stops_the_search_before_anything_is_recorded(tmp_path):

@@ -1,6 +1,7 @@
 """The one config schema. Its field names are the keys of search spaces and exported YAML."""
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ class DistillConfig:
     gamma: float = 0.5
     bg_weight: float = 0.4
     fg_size: int = 4
-    sfkd_norm: str = "map"  # map: MSE over the full masked maps (He et al. 2025, Eqs. 5-6; docs/method.md, Losses); region: over each region's area
+    # map: MSE over the full masked maps (He et al. 2025, Eqs. 5-6; docs/method.md, Losses); region: over each region's area
+    sfkd_norm: str = "map"
     temperature: float = 4.0
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
@@ -129,6 +131,10 @@ class DistillConfig:
 
     # -- checks -------------------------------------------------------------------------------
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # NaN is no value, and no key means anything at infinity
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: {value!r} is not a finite number")
         if self.density is not None and self.sparsity is not None:
             raise ConfigError("give either density or sparsity, not both")
         if self.sparsity is not None:

@@ -42,12 +42,19 @@ def read_teacher_file(path) -> dict:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise TeacherError(f"teacher file {path} cannot be read as a PyTorch checkpoint ({type(e).__name__})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        if not _is_state_dict(blob.get("state_dict")):  # the format's name is no proof of its content
+            raise TeacherError(f"teacher file {path} says it is {FORMAT} but holds no state_dict of tensors")
         return blob
     state = blob.get("model", blob.get("state_dict", blob)) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not _is_state_dict(state):
         raise TeacherError(f"teacher file {path} holds no state_dict (expected {{'model': state_dict}} or a state_dict)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {"state_dict": state}
+
+
+def _is_state_dict(state) -> bool:
+    return (isinstance(state, dict) and bool(state) and all(isinstance(k, str) for k in state)
+            and all(isinstance(v, torch.Tensor) for v in state.values()))
 
 
 def check_never_saw_validation(info: dict, path, dataset: str, split_seed: int, val_fraction: float) -> str | None:
@@ -104,6 +111,10 @@ def load_teacher(path, arch: str, num_classes: int, device="cpu", image_size: in
     if blob.get("num_classes", num_classes) != num_classes:
         raise TeacherError(f"teacher file {path} has {blob['num_classes']} classes; the dataset has {num_classes}")
     check_image_size(blob, path, image_size)
+    for name, t in blob["state_dict"].items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise TeacherError(f"teacher file {path} has weights that are not finite (nan or inf in {name}); "
+                               f"a diverged training wrote it")
     model = create_model(arch, num_classes)
     try:
         model.load_state_dict(blob["state_dict"])

@@ -160,7 +160,7 @@ class MLflowTrialCallback(Callback):
             if r.error is not None or trial_id in self.recorded or run_id is None or run_id.startswith("pending-"):
                 continue
             try:
-                if "sfkd.status" in self.tracker.client.get_run(run_id).data.tags:
+                if self.tracker.client.get_run(run_id).data.tags.get("sfkd.status") not in (None, "interrupted"):
                     continue
             except Exception:  # noqa: BLE001 - store unreachable: the queue keeps what follows
                 pass

@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-from tuner.errors import USER_ERRORS, UsageError
+from tuner.errors import USER_ERRORS, ServiceError, UsageError
 
 
 def quiet_libraries() -> None:
@@ -54,6 +54,9 @@ def run_cli(main, argv=None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

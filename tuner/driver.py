@@ -1,6 +1,9 @@
 """The body of a search once its input is validated: teacher, MLflow parent run, Tuner, results."""
 import hashlib
 import json
+import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +28,7 @@ from tuner.spaces import to_param_space
 from tuner.storage import RunStorage
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
 from tuner.teacher_training import teacher_config, train_teacher_on_ray
-from tuner.tracking import SearchTracker, check_tracking_store, normalise_uri
+from tuner.tracking import PENDING_FILE, UNREADABLE_FILE, SearchTracker, check_tracking_store, normalise_uri
 
 
 def code_version() -> str:
@@ -113,12 +116,38 @@ def reuse_actors() -> bool:
     return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
 
 
-def build_searcher(space, run_dir: Path, name: str):
+def build_searcher(space, run_dir: Path | None, name: str):
     s = space.search
     if s["searcher"] == "optuna":
-        searcher = build_optuna_searcher(space, run_dir / STUDY_FILE, name)
+        searcher = build_optuna_searcher(space, run_dir / STUDY_FILE if run_dir else None, name)
         return ConcurrencyLimiter(searcher, max_concurrent=s["max_concurrent"])
     return BasicVariantGenerator(random_state=s["seed"], max_concurrent=s["max_concurrent"])
+
+
+def check_buildable(space) -> None:
+    """Build what Ray Tune and Optuna will be given, and sample every distribution once, before the
+    search records anything: a value Ray or Optuna refuses (a bound Ray cannot quantise, a seed Optuna
+    cannot use) is then one line and exit 2, not a traceback after the MLflow parent run and
+    search.json exist. Nothing is written: the study is held in memory."""
+    from ray.tune.search.sample import Domain, Function
+
+    from tuner.spaces import SpaceError
+
+    try:
+        param_space = to_param_space(space)
+        for value in param_space.values():
+            if isinstance(value, Domain) and not isinstance(value, Function):  # sample_from needs a config
+                value.sample()
+        searcher = build_searcher(space, None, space.name)
+        if space.search["searcher"] == "optuna":
+            searcher.set_search_properties(None, None, param_space)
+            searcher.suggest("check")
+        build_scheduler(space)
+    except SpaceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever Ray or Optuna refuses is the space's fault here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpaceError(f"{space.path.name}: the search cannot be built from this space: {first}") from None
 
 
 def build_scheduler(space):
@@ -144,6 +173,9 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
     trainable = tune.with_parameters(SFKDTrainable, inputs=inputs)
     experiment = resume["experiment"] if resume else (getattr(args, "experiment", None) or space.name)
     tracker = SearchTracker(uri, experiment=experiment, run_dir=run_dir)
+    if tracker.unreadable:
+        print(f"warning: lines {', '.join(map(str, tracker.unreadable))} of {run_dir / PENDING_FILE} are not complete "
+              f"writes (cut off) and cannot be sent; kept in {run_dir / UNREADABLE_FILE}", file=sys.stderr)
     if resume:
         tracker.resume_parent(resume["parent_run_id"])
         print(f"search {name}: resuming MLflow run {tracker.parent_id} ({len(tracker.children)} trials recorded)",
@@ -166,8 +198,20 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                  "tracking_uri": uri, "experiment": experiment, "argv": argv}
         storage.write_text(f"{name}/search.json", json.dumps(state, indent=2))
         print(f"search {name}: MLflow run {tracker.parent_id} in experiment '{experiment}' at {uri}", flush=True)
+    try:
+        return _search_recorded(space, storage, name, args, resume, state if not resume else resume, teacher,
+                                trainable, tracker)
+    except BaseException as e:
+        mark_ended_by(tracker, e)
+        raise
+
+
+def _search_recorded(space, storage: RunStorage, name: str, args, resume, state: dict, teacher, trainable,
+                     tracker: SearchTracker) -> int:
+    """The part of a search that runs once its parent run exists: the Tuner, its results, the ending."""
+    run_dir = storage.local(name)
     if storage.remote:  # tuner.sync --run-dir reads it from this machine's folder of the run
-        (run_dir / "search.json").write_text(json.dumps(resume or state, indent=2))
+        (run_dir / "search.json").write_text(json.dumps(state, indent=2))
     if teacher and not resume:
         tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[1]}, step=0)
         tracker.log_artifact(tracker.parent_id, str(teacher[0]), "teacher")
@@ -202,14 +246,89 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
         )
     tracker.start_writer()  # from here on, no MLflow call runs on Tune's controller thread
     try:
-        results = tuner.fit()
+        with Interruption() as interruption:
+            results = tuner.fit()
     finally:
         tracker.stop_writer()
     mlflow_callback.on_experiment_end(trials=[])  # Ray has saved its final state: record what still waits
+    if interruption.signal:
+        return record_interruption(interruption.signal, tracker, mlflow_callback, storage, name, args)
     if resume:
         mlflow_callback.reconcile(results)
         mlflow_callback.drain()
     return finish(space, results, tracker, storage, name)
+
+
+def mark_ended_by(tracker: SearchTracker, error: BaseException) -> None:
+    """A search that stops on an exception after its parent run exists never leaves it RUNNING: FAILED
+    with the reason, or KILLED for a second Ctrl-C (the first is Ray Tune's graceful stop)."""
+    if tracker.parent_id is None or tracker.parent_id.startswith("pending-"):
+        return
+    if isinstance(error, KeyboardInterrupt):
+        tracker.set_tags(tracker.parent_id, {"sfkd.status": "interrupted", "sfkd.reason": "interrupted twice"})
+        tracker.end(tracker.parent_id, "KILLED")
+    else:
+        reason = f"{type(error).__name__}: {error}".strip()[:500]
+        tracker.set_tags(tracker.parent_id, {"sfkd.status": "error", "sfkd.reason": reason})
+        tracker.end(tracker.parent_id, "FAILED")
+    tracker.flush()
+
+
+class Interruption:
+    """Ctrl-C (SIGINT) or SIGTERM while Ray Tune runs the trials: an interruption, not a result.
+
+    Tune catches the first SIGINT itself: it stops the trials, saves its state (what --resume restores)
+    and returns from fit() as if the search had ended. It then puts back the handler it found, which is
+    this one, so afterwards this handler being in place again says Tune caught a Ctrl-C. SIGTERM is
+    turned into that same graceful stop. A second signal while Tune stops raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.signal: str | None = None
+
+    def __enter__(self):
+        self._before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def _on_sigint(self, signum, frame):
+        self.signal = self.signal or "SIGINT"
+        raise KeyboardInterrupt
+
+    def _on_sigterm(self, signum, frame):
+        self.signal = "SIGTERM"
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own stop (or, once it has stopped, _on_sigint)
+
+    def __exit__(self, *exc):
+        if signal.getsignal(signal.SIGINT) == self._on_sigint:  # Tune caught one and gave this handler back
+            self.signal = self.signal or "SIGINT"
+        signal.signal(signal.SIGINT, self._before[0])
+        signal.signal(signal.SIGTERM, self._before[1])
+        return False
+
+
+EXIT_ON = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def resume_command(args, storage: RunStorage, name: str) -> str:
+    return " ".join(shlex.quote(p) for p in ["python", "-m", "tuner.search", "--space", args.space,
+                                              "--storage-path", storage.location, "--name", name, "--resume"])
+
+
+def record_interruption(signame: str, tracker: SearchTracker, callback, storage: RunStorage, name: str, args) -> int:
+    """An interrupted search: the parent run and every trial still running end KILLED, tagged
+    interrupted; no best config, no report; the one command that resumes it is printed."""
+    callback.drain()
+    for trial_id, run_id in tracker.children.items():
+        if trial_id not in callback.recorded:
+            tracker.set_tags(run_id, {"sfkd.status": "interrupted"})
+            tracker.end(run_id, "KILLED")
+    tracker.set_tags(tracker.parent_id, {"sfkd.status": "interrupted", "sfkd.reason": f"{signame} received"})
+    tracker.end(tracker.parent_id, "KILLED")
+    report_pending(tracker, storage.local(name))
+    print(f"interrupted ({signame}): search {name} stopped with its state saved; nothing was exported. Resume it "
+          f"with: {resume_command(args, storage, name)}", file=sys.stderr, flush=True)
+    return EXIT_ON[signame]
 
 
 def result_score(result, metric: str) -> float | None:

@@ -10,3 +10,8 @@ class UsageError(ValueError):
 
 
 USER_ERRORS = (ConfigError, DataError, SparsityError, TeacherError, UsageError)
+
+
+class ServiceError(RuntimeError):
+    """A service the command needs failed on its own (Ray could not start, the tracking server stopped
+    answering): not the user's input, so one line and exit status 1."""

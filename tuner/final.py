@@ -32,6 +32,8 @@ def load_config_file(path: Path, overrides: dict) -> DistillConfig:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
         raise UsageError(f"--config {path}: not valid YAML") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config {path} cannot be read as text ({type(e).__name__})") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of config keys")
     if "sparsity" in overrides:
@@ -80,6 +82,7 @@ def main(argv=None) -> int:
     run_id = tracker.start_parent(f"final-{cfg.student}-d{cfg.density:g}", {**cfg.to_dict(), "precision_used": run.precision},
                                   tags)
     tracker.log_artifact(run_id, str(path), "config")
+    tracker.start_writer()  # training never waits on MLflow: a server that stops answering delays only the writes
 
     bar = training_bar(cfg.epochs, len(run.train_loader), f"final {cfg.student}")
     shown = {}  # the last finished epoch's numbers, shown while the next one runs
@@ -94,7 +97,10 @@ def main(argv=None) -> int:
             bar.close()
             tracker.set_tags(run_id, {"sfkd.status": "diverged", "sfkd.reason": m["diverged_reason"]})
             tracker.end(run_id, "FAILED")
-            print(f"error: {m['diverged_reason']}; nothing registered", file=sys.stderr)
+            left = tracker.flush()
+            print(f"error: {m['diverged_reason']}; nothing registered" + (
+                f" ({left} MLflow writes wait in {out}: python -m tuner.sync --run-dir {out})" if left else ""),
+                file=sys.stderr)
             return 1
     epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown)
     bar.close()
@@ -116,15 +122,21 @@ def main(argv=None) -> int:
     log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")
     model_name = a.model_name or default_model_name(cfg)
     pre = run.preprocessing
-    if tracker.flush():  # registering needs the run's writes in the store
-        print(f"error: the MLflow server at {uri} stopped answering; the run's writes wait in {out}: send them with "
-              f"python -m tuner.sync --run-dir {out}; nothing registered (the checkpoint is {ckpt})", file=sys.stderr)
-        return 1
-    registered = log_student_model(uri, run_id, ckpt, out / PREPROCESSING_FILE, model_name, {
+    version_tags = {
         "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],
         "test_acc_last": f"{summary['test_acc_last']:.2f}", "size_bytes": ckpt.stat().st_size,
         "classes": json.dumps(pre["classes"]), "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
-        "image_size": pre["image_size"]})
+        "image_size": pre["image_size"]}
+    if tracker.flush():  # registering needs the run's writes in the store; at most WRITER_DRAIN_S waited
+        # The registration and the run's end join the journal, so tuner.sync completes the run as it
+        # would have ended: FINISHED, its metrics, its registered model.
+        tracker.keep({"op": "register_model", "run_id": run_id, "checkpoint": str(ckpt), "model_name": model_name,
+                      "preprocessing": str(out / PREPROCESSING_FILE), "version_tags": version_tags})
+        tracker.keep({"op": "terminate", "run_id": run_id, "status": "FINISHED"})
+        print(f"error: the MLflow server at {uri} stopped answering; the run's writes and its registration wait in "
+              f"{out}: send them with python -m tuner.sync --run-dir {out} (the checkpoint is {ckpt})", file=sys.stderr)
+        return 1
+    registered = log_student_model(uri, run_id, ckpt, out / PREPROCESSING_FILE, model_name, version_tags)
     tracker.end(run_id)
     optimistic = summary["test_acc_best_selected_on_test"]
     print(f"final {cfg.student} at density {head['measured_density']:.4f}: test top-1 {summary['test_acc_last']:.2f}, "

@@ -57,7 +57,11 @@ def log_student_model(uri: str, run_id: str, checkpoint: Path, preprocessing: Pa
             code_paths=[str(Path(trainables.__file__).parent), str(Path(__file__).parent)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"])
         version = str(info.registered_model_version)
-        client = mlflow.MlflowClient(uri)
-        for key, value in version_tags.items():
-            client.set_model_version_tag(name, version, key, str(value))
+        tag_version(uri, name, version, version_tags)
     return version
+
+
+def tag_version(uri: str, name: str, version: str, version_tags: dict) -> None:
+    client = mlflow.MlflowClient(uri)
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version, key, str(value))

@@ -14,8 +14,9 @@ def storage_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def build_optuna_searcher(space, study_path: Path, study_name: str):
-    """Ray's OptunaSearch over a study stored at `study_path`. It is told each trial's score
+def build_optuna_searcher(space, study_path: Path | None, study_name: str):
+    """Ray's OptunaSearch over a study stored at `study_path` (None: in memory, for the check that
+    builds everything before a search records anything). It is told each trial's score
     (`best_<metric>`, the ranking rule's), and each Optuna trial records its Ray trial id and the
     epochs it ran, so a report can compare trials at the same budget."""
     import optuna
@@ -35,7 +36,7 @@ def build_optuna_searcher(space, study_path: Path, study_name: str):
 
     s = space.search
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(storage_url(study_path))
+    storage = optuna.storages.InMemoryStorage() if study_path is None else optuna.storages.RDBStorage(storage_url(study_path))
     return RecordedOptunaSearch(sampler=optuna.samplers.TPESampler(seed=s["seed"]), metric=score_key(s["metric"]),
                                 mode=s["mode"], storage=storage, study_name=study_name)
 

@@ -1,16 +1,16 @@
 """python -m tuner.search --space NAME: the sparse-KD hyperparameter search on Ray Tune."""
 import json
 import logging
+import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from tuner.cli import OneLineParser, parse_sets, quiet_libraries, run_cli
-from tuner.errors import UsageError
+from tuner.errors import ServiceError, UsageError
 from tuner.spaces import available_spaces, parse_space
-from tuner.storage import RunStorage
+from tuner.storage import RunStorage, check_run_name, read_run_state
 from tuner.tracking import check_tracking_store, normalise_uri
 
 DEFAULT_STORAGE = "sfkd_runs"
@@ -39,7 +39,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--storage-path", default=DEFAULT_STORAGE, help=(
         "run folders and checkpoints: a local folder (default ./sfkd_runs) or any URI Ray's storage accepts, "
         "e.g. s3://bucket/runs (endpoint and credentials from the usual AWS_* environment variables)"))
-    p.add_argument("--name", help="run folder name (default SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--name", help=(
+        "run folder name: one folder name, created inside --storage-path, never one another search holds "
+        "(default SPACE-YYYYmmdd-HHMMSS, with -2, -3, ... when a search of the same space took that second)"))
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key (or search.x / scheduler.x / resources.x); repeatable")
     p.add_argument("--resume", action="store_true", help=(
@@ -106,6 +108,9 @@ def init_ray(address: str | None, log_file: Path):
             ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
         except ConnectionError as e:
             raise UsageError(f"--address {address}: cannot reach a Ray cluster there ({e})") from None
+        except Exception as e:  # noqa: BLE001 - Ray's own start-up failed: not the user's input
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ServiceError(f"Ray could not start ({type(e).__name__}: {first})") from None
     route_ray_logging(log_file, ("ray",))
     return ray
 
@@ -124,6 +129,7 @@ def check_gpus(space, asked_on_cli: bool, ray) -> None:
 def find_previous(storage: RunStorage, space_name: str, name: str | None) -> str:
     """The run folder name of the search to resume: --name, else the latest search of the space."""
     if name:
+        check_run_name(name)
         if not storage.exists(f"{name}/search.json"):
             raise UsageError(f"--resume: {storage.uri(name)} is not a search folder (no search.json)")
     else:
@@ -189,7 +195,10 @@ def main(argv=None) -> int:
         if not storage.exists(""):
             raise UsageError(f"--resume: storage path {storage} does not exist")
         name = find_previous(storage, Path(a.space).stem, a.name)
-        state = json.loads(storage.read_text(f"{name}/search.json"))
+        state = read_run_state(storage.read_text(f"{name}/search.json"), storage.uri(name, "search.json"),
+                               ("space_file", "parent_run_id", "tracking_uri", "experiment", "argv"))
+        if not isinstance(state["argv"], list):
+            raise UsageError(f"{storage.uri(name, 'search.json')}: argv is not a list: not a complete record of a run")
         # The resumed search is the one that was started: same space file and the same overrides.
         first = build_parser().parse_args(state["argv"])
         space = parse_space(state["space_file"], cli_overrides(first))
@@ -199,34 +208,59 @@ def main(argv=None) -> int:
         from tuner.driver import run_search
 
         return run_search(space, storage, name, first, state["argv"], resume=state)
+    if a.name is not None:
+        check_run_name(a.name)
+    check_share_flags(a)
     space = parse_space(a.space, cli_overrides(a))
+    from tuner.driver import check_buildable
+
+    check_buildable(space)  # Ray's search space, the searcher and the scheduler, built before any record
     for line in space.warnings:
         print(line, file=sys.stderr)
-    data = preflight(space)
     check_tracking_store(normalise_uri(a.tracking_uri))  # before Ray starts or anything is written
+    data = preflight(space)
     storage = prepare_storage(a.storage_path)
-    name = a.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if storage.exists(f"{name}/search.json"):
-        raise UsageError(f"{storage.uri(name)} already holds a search; choose another --name")
-    run_dir = storage.local(name)
+    run_dir, name = claim_run_folder(storage, a.name, space.name)
     try:
         ray = init_ray(a.address, run_dir / "search.log")
         check_gpus(space, a.gpus_per_trial is not None, ray)
-    except UsageError:
-        for f in run_dir.iterdir():
-            f.unlink()
-        run_dir.rmdir()  # nothing ran: leave no empty run folder behind
+    except BaseException:
+        storage.release(run_dir)  # nothing ran: leave no run folder behind (it was ours)
         raise
 
     from tuner.driver import run_search
-    from tuner.errors import USER_ERRORS
 
     try:
         return run_search(space, storage, name, a, argv, data=data)
-    except USER_ERRORS:
-        if not storage.exists(f"{name}/search.json"):  # refused before anything was recorded: no folder left
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:
+        if not storage.exists(f"{name}/search.json"):  # stopped before anything was recorded: no folder left
+            storage.release(run_dir)
         raise
+
+
+def check_share_flags(a) -> None:
+    """The resource flags name themselves when they are no number of CPUs or share of a GPU."""
+    if a.gpus_per_trial is not None and not (math.isfinite(a.gpus_per_trial) and a.gpus_per_trial >= 0):
+        raise UsageError(f"--gpus-per-trial {a.gpus_per_trial}: expected a finite number >= 0 (a share such as 0.25, "
+                         f"or whole GPUs)")
+    if a.cpus_per_trial is not None and not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
+        raise UsageError(f"--cpus-per-trial {a.cpus_per_trial}: expected a finite number > 0")
+
+
+def claim_run_folder(storage: RunStorage, name: str | None, space_name: str) -> tuple[Path, str]:
+    """This search's own run folder, claimed atomically. A name given with --name that is taken is an
+    error; the default name (space and start time) takes the next free suffix, so two searches started
+    in the same second get two folders."""
+    if name:
+        return storage.claim(name), name
+    base = f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 100):
+        candidate = base if n == 1 else f"{base}-{n}"
+        try:
+            return storage.claim(candidate), candidate
+        except UsageError:
+            continue
+    raise UsageError(f"--storage-path {storage}: no free run name {base}-N; give one with --name")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -80,12 +81,22 @@ def _check_distribution(where: str, key: str, spec) -> None:
     if n is not None:
         if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
             raise SpaceError(f"{where}: {key}: {kind} bounds must be numbers, got {args!r}")
+        if not all(math.isfinite(a) for a in args):
+            raise SpaceError(f"{where}: {key}: {kind} bounds must be finite numbers, got {args!r}")
         if not args[0] < args[1]:
             raise SpaceError(f"{where}: {key}: {kind} needs low < high, got {args!r}")
         if kind == "loguniform" and args[0] <= 0:
             raise SpaceError(f"{where}: {key}: loguniform needs low > 0, got {args!r}")
         if kind == "quniform" and args[2] <= 0:
             raise SpaceError(f"{where}: {key}: quniform needs q > 0, got {args!r}")
+        if kind == "quniform" and not all(math.isclose(b / args[2], round(b / args[2])) for b in args[:2]):
+            raise SpaceError(f"{where}: {key}: quniform needs low and high that are multiples of q, got {args!r}")
+        if kind == "randint" and not all(float(a).is_integer() for a in args):
+            raise SpaceError(f"{where}: {key}: randint bounds must be integers, got {args!r}")
+    elif kind in ("choice", "grid"):
+        bad = [a for a in args if isinstance(a, float) and not math.isfinite(a)]
+        if bad:
+            raise SpaceError(f"{where}: {key}: {kind} values must be finite, got {bad[0]!r}")
 
 
 def _extremes(spec) -> list:
@@ -139,7 +150,10 @@ def resolve_paths(values: dict) -> None:
 def parse_space(name: str, overrides: dict | None = None) -> Space:
     path = resolve_space(name)
     where = path.name
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(f"space file {path} cannot be read as text ({type(e).__name__})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -256,6 +270,7 @@ def validate_space(space: Space, where: str) -> None:
     _positive_int(where, "search.max_concurrent", s["max_concurrent"])
     _positive_int(where, "search.max_failures", s["max_failures"], 0)
     _positive_int(where, "search.keep_checkpoints", s["keep_checkpoints"])
+    _positive_int(where, "search.seed", s["seed"], 0)
     if s["searcher"] not in ("optuna", "random", "grid"):
         raise SpaceError(f"{where}: search.searcher: {s['searcher']!r}; expected optuna, random or grid")
     if s["mode"] not in ("max", "min"):
@@ -275,8 +290,8 @@ def validate_space(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: arms: a comparison of fixed arms needs search.searcher: grid (or random)")
     for key in ("cpu", "gpu"):
         v = res[key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-            raise SpaceError(f"{where}: resources.{key}: expected a number >= 0, got {v!r}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise SpaceError(f"{where}: resources.{key}: expected a finite number >= 0, got {v!r}")
     if res["cpu"] <= 0:
         raise SpaceError(f"{where}: resources.cpu: expected a number > 0, got {res['cpu']!r}")
     if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):

@@ -25,6 +25,29 @@ def parent_of(location: str) -> str:
     return location.rstrip("/").rsplit("/", 1)[0] if is_uri(location) else str(Path(location).parent)
 
 
+def read_run_state(text: str, where, required: tuple) -> dict:
+    """A run folder's own record (search.json, final.json) as a dict with the keys the command needs,
+    or one line naming the file: a truncated or hand-edited record is never a traceback."""
+    import json
+
+    try:
+        state = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}; truncated?): the run's record is "
+                         f"damaged") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UsageError(f"{where} lacks {', '.join(missing)}: not a complete record of a run")
+    return state
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder name inside the storage: never a path that leaves it."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise UsageError(f"--name {name!r}: a run name is one folder name (no '/', not '.' or '..', no surrounding "
+                         f"spaces), created inside --storage-path")
+
+
 class RunStorage:
     def __init__(self, location: str):
         self.remote = is_uri(location)
@@ -53,6 +76,35 @@ class RunStorage:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def claim(self, name: str) -> Path:
+        """Make this machine's folder for a new run `name`, atomically: of two searches started with one
+        name, the second finds it taken (one line, exit 2) and touches nothing of the first's. A remote
+        storage that already holds that run is refused too."""
+        check_run_name(name)
+        if self.remote and self.exists(f"{name}/search.json"):
+            raise UsageError(f"{self.uri(name)} already holds a search; choose another --name")
+        path = self.local_root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise UsageError(f"{self.uri(name)} already exists (another search's run folder); choose another "
+                             f"--name") from None
+        return path
+
+    def release(self, run_dir: Path) -> None:
+        """Remove a run folder this process claimed and recorded nothing in, and the storage folder too
+        when this process made it and it is empty again: a search that stops before its first record
+        leaves nothing behind."""
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if getattr(self, "made_root", False):
+            try:
+                Path(self.root).rmdir()
+            except OSError:  # not empty: another search's folders are there
+                pass
+
     def _path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
 
@@ -70,6 +122,7 @@ class RunStorage:
                     f.write(b"ok")
                 self.fs.delete_file(probe)
             else:  # pathlib's errors name the cause in a few words
+                self.made_root = not Path(self.root).exists()
                 Path(self.root).mkdir(parents=True, exist_ok=True)
                 Path(probe).write_text("ok")
                 Path(probe).unlink()

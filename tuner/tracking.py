@@ -1,12 +1,14 @@
 """MLflow's side of a search: where runs go, and the durable write queue. One parent run per search,
 one child run per trial; the driver is the only writer (the Ray callbacks that feed it: callbacks.py).
 
-Every write goes through one queue. A write that fails (the tracking server is down) is kept, in
-memory and in `mlflow_pending.jsonl` in the run folder, and sent again before the next write and at
-the end of the search; a child run that could not be created yet gets a placeholder id that is
-swapped for the real one when it is. What is still pending when the search ends is uploaded later by
-`python -m tuner.sync --run-dir DIR`.
+Every write goes through one queue, and is on disk before it is sent: it is appended to the journal
+`mlflow_pending.jsonl` in the run folder, and an acknowledgement line is appended once the store has
+taken it (the file goes when nothing is left). A driver killed at any moment, even while MLflow's own
+retries wait on a server that is down, leaves every unsent write in the journal; the next tracker on
+that folder (a resumed search, or `python -m tuner.sync --run-dir DIR`) sends those first. A child run
+that could not be created yet gets a placeholder id that is swapped for the real one when it is.
 """
+import contextlib
 import json
 import os
 import threading
@@ -49,10 +51,28 @@ def normalise_uri(uri: str | None) -> str:
 
 
 def check_tracking_store(uri: str) -> None:
-    """A tracking server that does not answer is one line and exit 2 at the start of a command, not a
-    traceback minutes later. (sqlite and file stores are created on first use.)"""
-    if not uri.startswith(("http://", "https://")):
-        return
+    """A tracking store that cannot work is one line and exit 2 at the start of a command, before anything
+    is recorded, not a traceback minutes later: a server that does not answer, a sqlite file whose folder
+    is missing or not writable (or a file that is not a sqlite database), a database that refuses the
+    connection, or a scheme MLflow has no store for."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme == "sqlite":
+        _check_sqlite_file(uri)
+    elif scheme == "file":
+        _check_folder(uri, Path(uri[len("file://"):]))
+    elif scheme in ("postgresql", "mysql", "mssql"):
+        _check_database(uri)
+    else:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        if scheme not in _tracking_store_registry._registry:  # noqa: SLF001 - the schemes MLflow can open
+            raise UsageError(f"tracking URI {uri}: MLflow has no tracking store for scheme {scheme!r} (use sqlite:///FILE, "
+                             f"http(s)://HOST:PORT, postgresql://..., mysql://... or a folder)")
+
+
+def _check_server(uri: str) -> None:
     import urllib.error
     import urllib.request
 
@@ -69,10 +89,78 @@ def check_tracking_store(uri: str) -> None:
                      f"--tracking-uri / MLFLOW_TRACKING_URI another store")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _check_folder(uri: str, folder: Path) -> None:
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"tracking URI {uri}: {existing or folder} is not a writable folder")
+
+
+def _check_sqlite_file(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path is None or str(path) in ("", ":memory:"):
+        raise UsageError(f"tracking URI {uri}: expected sqlite:///PATH to a database file")
+    if path.is_dir():
+        raise UsageError(f"tracking URI {uri}: {path} is a folder, not a sqlite database file")
+    if not path.parent.is_dir():
+        raise UsageError(f"tracking URI {uri}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+        raise UsageError(f"tracking URI {uri}: {path if path.exists() else path.parent} is not writable")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise UsageError(f"tracking URI {uri}: {path} is not a sqlite database")
+
+
+def _check_database(uri: str) -> None:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10} if uri.startswith("postgresql")
+                                          else {})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001 - a driver that is missing or a database that refuses
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UsageError(f"tracking URI {uri.split('@')[-1]}: the database cannot be reached ({first})") from None
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str):
+    """Two processes opening a new sqlite store at once both run MLflow's schema creation and one fails
+    ("table ... already exists"): the first open of a sqlite store is serialised by a lock file in the
+    temp folder (not beside the user's database)."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"sfkd-mlflow-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def tracking_client(flag: str | None) -> MlflowClient:
-    """The client of --tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db, checked to answer."""
+    """The client of --tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db, checked to answer. The
+    commands that only read (export, report, heatmaps) never create a store: a sqlite file that does
+    not exist holds no search."""
     uri = normalise_uri(flag)
     check_tracking_store(uri)
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        raise UsageError(f"tracking URI {uri}: {path} does not exist, so it holds no search (give --tracking-uri, "
+                         f"or run this where the search ran)")
     return MlflowClient(tracking_uri=uri)
 
 
@@ -83,13 +171,16 @@ class SearchTracker:
         self.uri = uri
         self.experiment = experiment
         self.run_dir = Path(run_dir) if run_dir else None
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = self._experiment_id()
+        with store_creation_lock(uri):  # MlflowClient opens the store (and creates a new one's tables)
+            self.client = MlflowClient(tracking_uri=uri)
+            self.client._tracking_client.store  # noqa: B018, SLF001 - opened here, under the lock
+            self.experiment_id = self._experiment_id()
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # trial id -> run id (or a placeholder until created)
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged (a resume never logs it twice)
-        self.pending: list[dict] = []
         self.real_id: dict[str, str] = {}  # placeholder -> run id
+        # What an earlier process on this run folder journalled and never saw acknowledged goes first.
+        self.pending, self.real_id, self._seq, self.unreadable = read_journal(self.run_dir)
         self._init_writer()
 
     def _init_writer(self):
@@ -127,8 +218,7 @@ class SearchTracker:
             self._writer.join(wait_s)
             if self._writer.is_alive():
                 with self._lock:
-                    self._persist()
-                    return len(self.pending)
+                    return len(self.pending)  # every one of them is in the journal already
             self._writer = None
         return self._send()
 
@@ -175,6 +265,21 @@ class SearchTracker:
             self.client.log_artifact(run_id, op["path"], op["artifact_path"])
         elif kind == "text":
             self.client.log_text(run_id, op["text"], op["artifact_file"])
+        elif kind == "register_model":
+            self._register(run_id, op)
+
+    def _register(self, run_id: str, op: dict) -> None:
+        """A final run's model, registered once: a try whose answer was lost left a version that names
+        this run, and that version is kept (its tags set again) rather than a second one made."""
+        from tuner.mlflow_model import log_student_model, tag_version
+
+        found = self.client.search_model_versions(f"run_id = '{run_id}'")
+        if found:
+            tag_version(self.uri, op["model_name"], found[0].version, op["version_tags"])
+            self.registered = found[0].version
+            return
+        self.registered = log_student_model(self.uri, run_id, Path(op["checkpoint"]), Path(op["preprocessing"]),
+                                            op["model_name"], op["version_tags"])
 
     def _create_run(self, op: dict) -> str:
         """Exactly one run per create, even when an earlier try reached the store but its answer was
@@ -195,13 +300,30 @@ class SearchTracker:
         response = http_request(store.get_host_creds(), endpoint, "POST", max_retries=0, json=body)
         return verify_rest_response(response, endpoint).json()["run"]["info"]["run_id"]
 
-    def _submit(self, op: dict) -> None:
+    def _submit(self, op: dict, send: bool = True) -> None:
+        """Queue a write: journalled first, then sent (by the writer thread when one runs). `send=False`
+        only keeps it, for a command that already knows the store is not answering."""
         with self._lock:
+            op = {**op, "seq": self._seq}
+            self._seq += 1
             self.pending.append(op)
+            self._journal(op)
+        if not send:
+            return
         if self._writer is not None:
             self._wake.set()
         else:
             self._send()
+
+    def keep(self, op: dict) -> None:
+        self._submit(op, send=False)
+
+    def _journal(self, line: dict) -> None:
+        """Append one line to the journal (called with the lock held)."""
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / PENDING_FILE, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def flush(self) -> int:
         """Send what is queued (the writer thread stopped first, if one runs). Returns how many are left."""
@@ -220,20 +342,14 @@ class SearchTracker:
                 break
             with self._lock:
                 self.pending.pop(0)
+                ack = {"ack": op["seq"]}
+                if op["op"] == "create_run":
+                    ack["real_id"] = {op["placeholder"]: self.real_id[op["placeholder"]]}
+                self._journal(ack)
+                if not self.pending and self.run_dir is not None:
+                    (self.run_dir / PENDING_FILE).unlink(missing_ok=True)  # everything acknowledged
         with self._lock:
-            self._persist()
             return len(self.pending)
-
-    def _persist(self) -> None:
-        if self.run_dir is None:
-            return
-        path = self.run_dir / PENDING_FILE
-        if not self.pending:
-            path.unlink(missing_ok=True)
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps({**op, "real_id": self.real_id}) + "\n" for op in self.pending))
-        os.replace(tmp, path)
 
     # -- runs ---------------------------------------------------------------------------------
     def _new_run(self, name: str, tags: dict) -> str:
@@ -251,15 +367,28 @@ class SearchTracker:
         return self.parent_id
 
     def resume_parent(self, parent_id: str) -> None:
-        """Continue a search's parent run: its children and the last epoch each one logged."""
+        """Continue a search's parent run: its children and the last epoch each one logged. What the
+        killed process left in the journal is sent first, so those runs and epochs count as logged."""
+        self._send()
         self.parent_id = parent_id
         self.client.update_run(parent_id, status="RUNNING")
+        tags = self.client.get_run(parent_id).data.tags
+        for key in ("sfkd.status", "sfkd.reason"):  # an interruption's tags: it is running again
+            if key in tags:
+                self.client.delete_tag(parent_id, key)
         children = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
                                            max_results=5000)
         for run in children:
             self.children[run.data.tags["sfkd.trial_id"]] = run.info.run_id
             history = self.client.get_metric_history(run.info.run_id, "lr")  # logged every epoch
             self.last_step[run.info.run_id] = max((m.step for m in history), default=0)
+        for op in self.pending:  # still unsent (the store refused them again): they count as logged too
+            if op["op"] == "create_run" and op["tags"].get(PARENT_TAG) == parent_id:
+                self.children.setdefault(op["tags"]["sfkd.trial_id"], self._resolve(op["placeholder"]))
+            for key, _, _, step in op.get("metrics", []) if op["op"] == "log_batch" else []:
+                if key == "lr":
+                    run_id = self._resolve(op["run_id"])
+                    self.last_step[run_id] = max(self.last_step.get(run_id, 0), step)
 
     def child(self, trial_id: str, run_name: str, config: dict) -> str:
         if trial_id not in self.children:
@@ -301,14 +430,56 @@ class SearchTracker:
         self._submit({"op": "terminate", "run_id": run_id, "status": status})
 
 
-def sync_pending(run_dir: Path, uri: str, experiment: str) -> int:
-    """Upload the writes a search could not send (python -m tuner.sync). Returns how many are left."""
-    path = Path(run_dir) / PENDING_FILE
-    if not path.exists():
-        return 0
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+UNREADABLE_FILE = "mlflow_pending.unreadable.jsonl"
+
+
+def read_journal(run_dir: Path | None) -> tuple[list[dict], dict, int, list[int]]:
+    """(unacknowledged writes in order, placeholder -> run id, the next sequence number, the numbers
+    of lines that are not a complete write). A line cut off by a kill cannot be sent; it is moved to
+    `mlflow_pending.unreadable.jsonl` beside the journal, and every good line is still sent. Journals
+    of earlier versions (one write a line, no sequence numbers) read as they are."""
+    path = Path(run_dir) / PENDING_FILE if run_dir is not None else None
+    if path is None or not path.exists():
+        return [], {}, 0, []
+    ops, acked, real_id, bad, bad_text = [], set(), {}, [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not ("ack" in entry or entry.get("op") in WRITE_OPS
+                                                   or set(entry) == {"real_id"}):
+                raise ValueError(line)
+        except ValueError:
+            bad.append(number)
+            bad_text.append(line)
+            continue
+        real_id.update(entry.pop("real_id", None) or {})
+        if "ack" in entry:
+            acked.add(entry["ack"])
+        elif "op" in entry:
+            entry.setdefault("seq", -len(ops) - 1)  # an old journal's line: unique, never acknowledged
+            ops.append(entry)
+    if bad_text:
+        with open(path.with_name(UNREADABLE_FILE), "a") as f:
+            f.write("".join(t + "\n" for t in bad_text))
+    pending = [op for op in ops if op["seq"] not in acked]
+    nxt = max((op["seq"] for op in ops), default=-1) + 1
+    nxt = max(nxt, max(acked, default=-1) + 1)
+    # The journal is written again as what is left, so the moved lines and the acknowledged ones go.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in ([{"real_id": real_id}] if real_id else []) + pending))
+    os.replace(tmp, path)
+    if not pending:
+        path.unlink()
+    return pending, real_id, nxt, bad
+
+
+WRITE_OPS = ("create_run", "log_batch", "terminate", "artifact", "text", "register_model")
+
+
+def sync_pending(run_dir: Path, uri: str, experiment: str) -> tuple[int, list[int]]:
+    """Upload the writes a search or final run could not send (python -m tuner.sync). Returns how many
+    are left and the numbers of the journal's lines that could not be read."""
     tracker = SearchTracker(uri, experiment, run_dir)
-    for op in lines:
-        tracker.real_id.update(op.pop("real_id", {}))
-    tracker.pending = lines
-    return tracker.flush()
+    return tracker.flush(), tracker.unreadable

@@ -28,8 +28,14 @@ def unpack_archive(archive: Path) -> Path:
     start at once on a cold node never see (or write into) a half-unpacked tree."""
     dest = _cache_home()
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        top = {m.name.split("/")[0] for m in tar.getmembers() if m.name and not m.name.startswith(".")}
+    try:
+        tar = tarfile.open(archive)
+        members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:  # not gzip, truncated, unreadable
+        raise DataError(f"archive {archive} cannot be read as a .tar.gz ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    with tar:
+        top = {m.name.split("/")[0] for m in members if m.name and not m.name.startswith(".")}
         if len(top) != 1:
             raise DataError(f"{archive}: expected one top folder in the archive, found {sorted(top)[:5]}")
         name = top.pop()
@@ -38,7 +44,11 @@ def unpack_archive(archive: Path) -> Path:
             return root
         staging = Path(tempfile.mkdtemp(prefix=f".unpack-{name}-", dir=dest))
         try:
-            tar.extractall(staging, filter="data")
+            try:
+                tar.extractall(staging, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as e:  # a member that leaves its folder, a cut-off file
+                raise DataError(f"archive {archive} cannot be unpacked ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else 'truncated'})") from None
             (staging / name / ".unpacked").touch()
             try:
                 os.rename(staging / name, root)
@@ -69,23 +79,29 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
         raise DataError(f"data folder {split_dir} has no class folders; expected {split_dir}/<class>/*.jpg")
     cache = _cache_file(split_dir)
     if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        if blob.get("classes") == classes:
-            return blob["images"], blob["labels"], classes
+        try:
+            blob = torch.load(cache, weights_only=True)
+            if isinstance(blob, dict) and blob.get("classes") == classes:
+                return blob["images"], blob["labels"], classes
+        except Exception:  # noqa: BLE001 - a cache that cannot be read is decoded again, never trusted
+            pass
     from PIL import Image
 
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         for f in files:
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("RGB")))
+            images.append(_decode(f, Image))
             labels.append(label)
     if not images:
         raise DataError(f"data folder {split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise DataError(f"images in {split_dir} differ in size ({len(shapes)} sizes); expected one size")
+        files = list(_image_files(split_dir, classes))
+        odd = next(i for i, im in enumerate(images) if im.shape != images[0].shape)
+        (h0, w0), (h, w) = images[0].shape[:2], images[odd].shape[:2]
+        raise DataError(f"images in {split_dir} differ in size ({len(shapes)} sizes): {files[odd]} is {w}x{h}, "
+                        f"{files[0]} is {w0}x{h0}; expected one size")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(labels, dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +116,22 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
         Path(tmp).unlink(missing_ok=True)
         raise
     return x, y, classes
+
+
+def _image_files(split_dir: Path, classes: list[str]):
+    for name in classes:
+        yield from sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _decode(path: Path, image_module) -> np.ndarray:
+    """One image as H x W x 3 uint8, or one line naming the file: a zero-byte, truncated or corrupt
+    file, or one whose name says image and whose bytes do not."""
+    try:
+        with image_module.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises several kinds for a bad file; all mean the same here
+        what = "is empty" if path.stat().st_size == 0 else f"cannot be decoded as an image ({type(e).__name__})"
+        raise DataError(f"image {path} {what}; remove or replace it") from None
 
 
 def read_torchvision_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

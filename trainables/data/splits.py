@@ -77,7 +77,19 @@ def _read_tree(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     vx, vy, test_classes = read_image_folder(root / "test")
     if test_classes != classes:
         raise DataError(f"{root}: train/ and test/ have different class folders")
+    check_classes(root / "train", ty, classes)
     return tx, ty, vx, vy, classes
+
+
+def check_classes(where, labels: torch.Tensor, classes: list[str]) -> None:
+    """A classifier needs at least two classes, and every class some training images."""
+    if len(classes) < 2:
+        raise DataError(f"{where} has {len(classes)} class folder ({', '.join(classes)}); a classifier needs at least 2")
+    counts = torch.bincount(labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts.tolist()) if n == 0]
+    if empty:
+        raise DataError(f"{where}/{empty[0]} holds no images; every class needs training images"
+                        f"{f' ({len(empty)} classes are empty)' if len(empty) > 1 else ''}")
 
 
 def _resolve_tree(data_dir: Path) -> Path | None:
@@ -118,6 +130,10 @@ def locate_data(dataset: str, data_dir: str | None, download: bool = False) -> t
                 raise DataError(f"{folder} has {len(classes)} class folders; {dataset} expects {NUM_CLASSES[dataset]}")
             if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in classes[0].iterdir()):
                 raise DataError(f"data folder {classes[0]} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            if split == "train":  # counted from the names, before anything is decoded or cached
+                names = sorted(d.name for d in classes)
+                counts = [sum(f.suffix.lower() in IMAGE_EXTENSIONS for f in (folder / n).iterdir()) for n in names]
+                check_classes(folder, torch.repeat_interleave(torch.arange(len(names)), torch.tensor(counts)), names)
         return "tree", tree
     if dataset in NUM_CLASSES:
         if not (root / TORCHVISION_FOLDERS[dataset]).is_dir() and not download:

@@ -128,19 +128,28 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
     """(dense state_dict with zeros in place, masks, payload metadata). Refuses a file whose
     checksum fails or whose density differs from its own record or from `expect_density`."""
     _, blob = read_header(path)
-    payload = _renamed(torch.load(io.BytesIO(blob), weights_only=True))
-    state, masks = _ungroup(payload["dense"]), {}
-    values, bits = payload["values"], payload["bitmasks"]
-    v_at = b_at = 0
-    for name, shape in payload["shapes"].items():
-        numel = torch.Size(shape).numel()
-        n_bytes = (numel + 7) // 8
-        m = unpack_bits(bits[b_at:b_at + n_bytes], shape)
-        k = payload["nnz"][name]
-        t = torch.zeros(shape, dtype=values.dtype)
-        t[m] = values[v_at:v_at + k]
-        state[name], masks[name] = t, m
-        v_at, b_at = v_at + k, b_at + n_bytes
+    # A checksum is not a signature: the payload's content is checked as well before it is used.
+    try:
+        payload = _renamed(torch.load(io.BytesIO(blob), weights_only=True))
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise SparsityError(f"{path}: checkpoint payload cannot be read ({type(e).__name__})") from None
+    _check_payload(path, payload)
+    try:
+        state, masks = _ungroup(payload["dense"]), {}
+        values, bits = payload["values"], payload["bitmasks"]
+        v_at = b_at = 0
+        for name, shape in payload["shapes"].items():
+            numel = torch.Size(shape).numel()
+            n_bytes = (numel + 7) // 8
+            m = unpack_bits(bits[b_at:b_at + n_bytes], shape)
+            k = payload["nnz"][name]
+            t = torch.zeros(shape, dtype=values.dtype)
+            t[m] = values[v_at:v_at + k]
+            state[name], masks[name] = t, m
+            v_at, b_at = v_at + k, b_at + n_bytes
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
+        raise SparsityError(f"{path}: checkpoint payload is inconsistent ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
     density = payload["scheduled_density"] if expect_density is None else float(expect_density)
     try:
         check_density(state, masks, density)
@@ -148,6 +157,34 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
         raise SparsityError(f"{path}: {e}") from None
     meta = {k: payload[k] for k in ("config", "scheduled_density", "measured_density", "nnz", "extra")}
     return state, masks, meta
+
+
+PAYLOAD_KEYS = {"values": torch.Tensor, "bitmasks": torch.Tensor, "shapes": dict, "dense": dict, "config": dict,
+                "scheduled_density": float, "measured_density": float, "nnz": dict, "extra": dict}
+
+
+def _check_payload(path, payload) -> None:
+    """The payload is a dict of the expected keys and types, its shapes and counts agree with each
+    other, and its values are finite: or one line naming the file and what is wrong."""
+    if not isinstance(payload, dict):
+        raise SparsityError(f"{path}: checkpoint payload is a {type(payload).__name__}, not the expected mapping")
+    for key, kind in PAYLOAD_KEYS.items():
+        if not isinstance(payload.get(key), kind):
+            raise SparsityError(f"{path}: checkpoint payload has no valid {key!r} (expected {kind.__name__})")
+    dense = payload["dense"]
+    if not isinstance(dense.get("flat"), dict) or not isinstance(dense.get("layout"), dict):
+        raise SparsityError(f"{path}: checkpoint payload's 'dense' part lacks its flat tensors or layout")
+    shapes, nnz = payload["shapes"], payload["nnz"]
+    for name, shape in shapes.items():
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise SparsityError(f"{path}: checkpoint payload: tensor {name} has no valid shape ({shape!r})")
+        if not isinstance(nnz.get(name), int) or not 0 <= nnz[name] <= torch.Size(shape).numel():
+            raise SparsityError(f"{path}: checkpoint payload: tensor {name} has no valid nonzero count")
+    if payload["values"].numel() != sum(nnz[n] for n in shapes):
+        raise SparsityError(f"{path}: checkpoint payload holds {payload['values'].numel()} kept values, its counts "
+                            f"say {sum(nnz[n] for n in shapes)}")
+    if payload["values"].is_floating_point() and not torch.isfinite(payload["values"]).all():
+        raise SparsityError(f"{path}: checkpoint holds weights that are not finite (nan or inf)")
 
 
 def to_dense_state_dict(path, out) -> None:
