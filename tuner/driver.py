@@ -337,6 +337,21 @@ def result_score(result, metric: str) -> float | None:
     return None if result.error is not None or last.get("status") == "diverged" else score_of(last, metric)
 
 
+def best_existing_checkpoint(result, metric: str, mode: str):
+    """The trial's best checkpoint by `metric` that is still in the storage, else its latest one that is.
+    A search resumed from a Ray snapshot older than the killed driver's last checkpoints can list one
+    that the killed run had already deleted or written over (Ray then logs "Error handling checkpoint"
+    for its own bookkeeping): seen in the outage-and-kill test, where reading it failed the search."""
+    import pyarrow.fs as pafs
+
+    worst = float("-inf") if mode == "max" else float("inf")
+    ranked_ckpts = sorted(result.best_checkpoints or [], key=lambda cm: cm[1].get(metric, worst), reverse=mode == "max")
+    for ckpt in [c for c, _ in ranked_ckpts] + [result.checkpoint]:
+        if ckpt is not None and ckpt.filesystem.get_file_info(f"{ckpt.path}/{CHECKPOINT_FILE}").type == pafs.FileType.File:
+            return ckpt
+    return None
+
+
 def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: str) -> int:
     """Upload the best trials' checkpoints, write best_config.yaml, close the parent run."""
     run_dir = storage.local(name)
@@ -351,7 +366,7 @@ def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: st
         report_pending(tracker, run_dir)
         return 1
     for _, _, r in best_first[:space.search["keep_checkpoints"]]:
-        ckpt = r.get_best_checkpoint(metric, mode) or r.checkpoint
+        ckpt = best_existing_checkpoint(r, metric, mode)
         trial_id = r.metrics["trial_id"]
         run_id = tracker.children.get(trial_id)
         if ckpt is None or run_id is None:
@@ -369,7 +384,7 @@ def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: st
               f"to compare them at one", file=sys.stderr)
     best_value, _, best = best_first[0]
     config = {k: v for k, v in best.config.items()}
-    best_ckpt = best.get_best_checkpoint(metric, mode) or best.checkpoint
+    best_ckpt = best_existing_checkpoint(best, metric, mode)
     in_store = storage.relative(best_ckpt.path) if best_ckpt is not None else None
     out = write_best_config(run_dir / "best_config.yaml", config, search_run_id=tracker.parent_id,
                             experiment=tracker.experiment, trial_id=best.metrics["trial_id"],
