@@ -64,3 +64,23 @@ def test_an_sfkd_foreground_that_does_not_fit_the_map_is_refused_and_fitnet_has_
     with pytest.raises(ValueError, match="fg_size"):
         get_method("sfkd").check_stage(_cfg("sfkd", fg_size=9), 8, 8, "student resnet8, stage -1")
     get_method("fitnet").check_stage(_cfg("fitnet", fg_size=9), 8, 8, "student resnet8, stage -1")
+
+
+def test_each_method_declares_the_parts_it_returns_and_the_loop_logs_every_declared_part(batch):
+    from trainables.methods import LOSS_PARTS
+
+    logits, y, t_logits, pairs = batch
+    for name in METHODS:
+        cfg = _cfg(name, beta=0.5, gamma=0.5, fg_size=2)
+        _, parts = get_method(name).losses(cfg, logits, y, t_logits, pairs)
+        assert set(parts) <= set(get_method(name).parts), name
+    # The six methods' parts, which the loop logs as loss_<part> for every run (0 where a method has none).
+    assert set(LOSS_PARTS) == {"ce", "kd", "fg", "bg", "at", "sp"} and len(LOSS_PARTS) == 6
+
+
+def test_the_space_validator_checks_stages_without_the_training_loop():
+    import subprocess
+    import sys
+
+    code = "import sys, tuner.spaces; print('trainables.run' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -101,7 +101,7 @@ def _first_losses(cfg: dict, steps: int) -> list[float]:
 
 def test_two_runs_with_the_same_seed_build_the_same_student_in_one_process(tiny_teacher_file):
     # Regression: a cold shape cache used to draw from the global RNG after the run's seed was set.
-    from trainables.run import stage_shapes
+    from trainables.stages import stage_shapes
 
     stage_shapes.cache_clear()
     cfg = {**TINY, "teacher": str(tiny_teacher_file), "density": 0.3}

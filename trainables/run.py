@@ -1,5 +1,4 @@
 """DistillRun: the one training loop. A search trial, the final run and teacher training all use it."""
-import functools
 import math
 import time
 from typing import Callable
@@ -13,7 +12,7 @@ from trainables.data import DataSplits, DeviceLoader
 from trainables.data.augment import normalize
 from trainables.inputs import digest_bytes, load_run_splits
 from trainables.losses import Connector
-from trainables.methods import get_method
+from trainables.methods import LOSS_PARTS, get_method
 from trainables.models import create_model
 from trainables.precision import autocast, resolve_memory_format, resolve_precision
 from trainables.probe import attention_probe, measured_layer_densities
@@ -26,9 +25,9 @@ from trainables.sparsity import (
     prune_by_magnitude,
     pruning_plan,
 )
+from trainables.stages import check_feature_config, stage_shapes
 from trainables.teacher_file import load_teacher
 
-LOSS_PARTS = ("ce", "kd", "fg", "bg", "at", "sp")
 # Each evaluated metric's best so far, reported as best_<split>_<name>: larger accuracy, smaller loss.
 BEST_OF = {"acc": max, "acc5": max, "loss": min}
 EXPLODED = 1000.0  # an epoch's loss this many times the first epoch's means the run has diverged
@@ -56,36 +55,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name}: CUDA is not available on this machine")
     return torch.device(name)
-
-
-@functools.lru_cache(maxsize=64)
-def stage_shapes(arch: str, num_classes: int, image_size: int) -> list[tuple[int, int, int]]:
-    """C x H x W of every stage map of `arch` for square inputs of `image_size`."""
-    # Building a model draws its initial weights; the global RNG must not notice (a run's seed would
-    # otherwise give a different student depending on whether this cache was warm).
-    with torch.random.fork_rng(devices=[]):
-        model = create_model(arch, num_classes).eval()
-    with torch.no_grad():
-        _, feats = model(torch.zeros(1, 3, image_size, image_size), return_features=True)
-    return [tuple(f.shape[1:]) for f in feats]
-
-
-def check_feature_config(cfg: DistillConfig, num_classes: int, image_size: int) -> None:
-    """feature_stages (and what the method needs of them) must fit the distilled maps; checked before
-    anything trains."""
-    method = get_method(cfg.method)
-    if not cfg.uses_teacher or not method.distils_stages:
-        return
-    s_shapes = stage_shapes(cfg.student, num_classes, image_size)
-    t_shapes = stage_shapes(cfg.teacher_arch, num_classes, image_size)
-    for idx in cfg.feature_stages:
-        if not (-len(s_shapes) <= idx < len(s_shapes) and -len(t_shapes) <= idx < len(t_shapes)):
-            raise ConfigError(f"feature_stages: stage {idx} does not exist; {cfg.student} has {len(s_shapes)} stages")
-        try:
-            method.check_stage(cfg, min(s_shapes[idx][1], t_shapes[idx][1]), min(s_shapes[idx][2], t_shapes[idx][2]),
-                               f"student {cfg.student}, stage {idx}")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
 
 
 class DistillRun:

@@ -10,7 +10,7 @@ import yaml
 
 from trainables.config import ConfigError, DistillConfig, did_you_mean
 from trainables.data.splits import NUM_CLASSES
-from trainables.run import check_feature_config
+from trainables.stages import check_feature_config
 from tuner.errors import UsageError
 
 # The spaces are package data of `search_spaces`; installed from a wheel they sit in site-packages.

@@ -14,10 +14,13 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 METHODS = tuple(registered)
+# Every loss part some method declares, each logged per epoch as loss_<part> (0 where a method has none):
+# a new method's new part needs no change to the training loop.
+LOSS_PARTS = tuple(dict.fromkeys(part for method in registered.values() for part in method.parts))
 
 
 def get_method(name: str) -> Method:
     return registered[name]
 
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["LOSS_PARTS", "METHODS", "Method", "get_method"]

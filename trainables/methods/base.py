@@ -19,6 +19,7 @@ class Method:
     needs_teacher = True
     distils_stages = False  # matches the student's `feature_stages` maps to the teacher's
     connectors = False  # a 1x1 conv connector per stage where the channel counts differ
+    parts = ("ce", "kd")  # the names of the loss parts `losses` may return; the loop logs each as loss_<part>
 
     def resolve(self, cfg) -> None:
         """Fix, in place, the weights of loss terms this method does not have."""
@@ -39,6 +40,10 @@ class StageTerm(Method):
     distils_stages = True
     part = ""  # the loss part's name
     weight_key = ""  # the config key of its weight
+
+    @property
+    def parts(self):
+        return ("ce", "kd", self.part)
 
     def stage_loss(self, f_s, f_t) -> torch.Tensor:
         raise NotImplementedError

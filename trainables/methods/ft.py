@@ -9,6 +9,7 @@ class FineTune(Method):
     name = "ft"
     weights = (1.0, 0.0)
     needs_teacher = False
+    parts = ("ce",)
 
     def resolve(self, cfg) -> None:
         cfg.alpha, cfg.beta, cfg.gamma = 1.0, 0.0, 0.0

@@ -9,6 +9,7 @@ class SparsityFriendlyKD(Method):
     name = "sfkd"
     distils_stages = True
     connectors = True
+    parts = ("ce", "kd", "fg", "bg")
 
     def fg_size(self, cfg) -> int:
         return cfg.fg_size
