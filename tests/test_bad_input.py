@@ -50,6 +50,7 @@ def recorded(tmp_path_factory):
     (root / "bad_dist.yaml").write_text("config:\n  dataset: synthetic\n  gamma: {uniform: [1.0, 0.1]}\n")
     (root / "bad_dist_name.yaml").write_text("config:\n  dataset: synthetic\n  gamma: {normal: [0, 1]}\n")
     (root / "final_bad.yaml").write_text("dataset: synthetic\nalhpa: 1\n")
+    (root / "final_ok.yaml").write_text("dataset: synthetic\nmethod: ft\nteacher: none\nepochs: 1\n")
     _bad_files(root)
     return root
 
@@ -230,6 +231,19 @@ RULE_1 = [
     ("search metric unknown", S + ["--set", "search.metric=val_accuracy"], "search.metric: 'val_accuracy'"),
     ("export: no store here", ["-m", "tuner.export", "--experiment", "smoke", "--tracking-uri", "sqlite:///{r}/none.db"],
      "none.db does not exist, so it holds no search"),
+    # Outputs are checked before the work that fills them (a teacher trained for an hour, a final run).
+    ("teacher: --out a folder", ["-m", "tuner.teacher", "--arch", "resnet8", "--dataset", "synthetic", "--out", "{r}/empty"],
+     "empty is a folder; expected a file to write"),
+    ("teacher: --out under a file", ["-m", "tuner.teacher", "--arch", "resnet8", "--dataset", "synthetic", "--out",
+                                     "{r}/afile/t.pt"], "afile is not a writable folder"),
+    ("final: --out a file", ["-m", "tuner.final", "--config", "{r}/final_ok.yaml", "--out", "{r}/afile"],
+     "afile is a file; expected a folder to write"),
+    ("export: --out a folder", ["-m", "tuner.export", "--experiment", "smoke", "--out", "{r}/empty"],
+     "empty is a folder; expected a file to write"),
+    ("checkpoint: --dense a folder", ["-m", "tuner.checkpoint", "{r}/sfkd_runs/smoke-old/student.sfkd", "--dense", "{r}/empty"],
+     "empty is a folder; expected a file to write"),
+    ("heatmaps: --out a folder", ["-m", "tuner.heatmaps", "--runs", "abc", "--out", "{r}/empty"],
+     "empty is a folder; expected a file to write"),
 ]
 # Rule 2: every file is read defensively; a bad one is one line naming it and what is wrong with it.
 RULE_2 = [

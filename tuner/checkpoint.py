@@ -4,7 +4,7 @@ from pathlib import Path
 
 from trainables.sparsity import load_sparse, to_dense_state_dict
 from trainables.sparsity.sparse_checkpoint import read_header
-from tuner.cli import OneLineParser, run_cli
+from tuner.cli import OneLineParser, output_path, run_cli
 
 
 def main(argv=None) -> int:
@@ -15,15 +15,16 @@ def main(argv=None) -> int:
     p.add_argument("--dense", metavar="OUT", help="write the dense state_dict here")
     a = p.parse_args(argv)
     path = Path(a.path)
+    dense = output_path("--dense", a.dense) if a.dense else None
     header, _ = read_header(path)
     state, masks, meta = load_sparse(path)
     cfg = meta["config"]
     print(f"{path}: {cfg.get('student', '?')} at density {meta['measured_density']:.4f} "
           f"(scheduled {meta['scheduled_density']:.4f}), {header['nonzero_params']} nonzero of "
           f"{sum(m.numel() for m in masks.values())} maskable weights, {path.stat().st_size} bytes, sha256 ok")
-    if a.dense:
-        to_dense_state_dict(path, a.dense)
-        print(f"dense state_dict -> {a.dense}")
+    if dense:
+        to_dense_state_dict(path, dense)
+        print(f"dense state_dict -> {dense}")
     return 0
 
 

@@ -1,9 +1,8 @@
 """python -m tuner.export: the best config of a search, written again from MLflow alone."""
 import sys
-from pathlib import Path
 
 from tuner.best_config import write_best_config
-from tuner.cli import OneLineParser, quiet_libraries, run_cli
+from tuner.cli import OneLineParser, output_path, quiet_libraries, run_cli
 from tuner.ranking import score_of
 from tuner.search_runs import best_child, find_search_run, search_objective, trial_config
 from tuner.storage import parent_of
@@ -20,13 +19,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="best_config.yaml", help="output YAML (default best_config.yaml)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     a = p.parse_args(argv)
+    out = output_path("--out", a.out)
     client = tracking_client(a.tracking_uri)
     parent = find_search_run(client, a.experiment, a.run)
     best = best_child(client, parent)
     metric, _ = search_objective(parent)
     score = score_of(best.data.metrics, metric)
     storage = parent.data.params.get("storage")
-    out = write_best_config(Path(a.out).resolve(), trial_config(client, best),
+    out = write_best_config(out, trial_config(client, best),
                             search_run_id=parent.info.run_id,
                             experiment=client.get_experiment(parent.info.experiment_id).name,
                             trial_id=best.data.tags.get("sfkd.trial_id"), **{metric: round(score, 4)},

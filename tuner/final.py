@@ -14,7 +14,7 @@ from trainables.run import DistillRun
 from trainables.sparsity import save_sparse
 from trainables.teacher_file import read_teacher_file
 from tuner.best_config import read_header
-from tuner.cli import OneLineParser, parse_sets, quiet_libraries, run_cli
+from tuner.cli import OneLineParser, output_path, parse_sets, quiet_libraries, run_cli
 from tuner.errors import UsageError
 from tuner.figures import log_run_figures
 from tuner.mlflow_model import log_student_model
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     header = read_header(path)
     location = header.get("storage_path") or "sfkd_runs"
     storage = Path("sfkd_runs" if is_uri(location) else location)  # a final run's files stay on this machine
-    out = Path(a.out or storage / f"final-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out = output_path("--out", a.out or storage / f"final-{time.strftime('%Y%m%d-%H%M%S')}", folder=True)
 
     uri = normalise_uri(a.tracking_uri)
     check_tracking_store(uri)

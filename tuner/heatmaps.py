@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tuner.cli import OneLineParser, quiet_libraries, run_cli
+from tuner.cli import OneLineParser, output_path, quiet_libraries, run_cli
 from tuner.errors import UsageError
 from tuner.figures import FIGURE_DIR, PROBE_ARTIFACT, heatmap_figure, load_probe
 from tuner.tracking import tracking_client
@@ -40,13 +40,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="heatmaps.png", help="output PNG (default heatmaps.png)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     a = p.parse_args(argv)
+    out = output_path("--out", a.out)
     client = tracking_client(a.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         probes = [run_probe(client, r, Path(tmp)) for r in a.runs]
     sizes = {tuple(pr["images"].shape) for _, pr in probes}
     if len(sizes) > 1:
         raise UsageError("--runs: these runs probed different image sets; compare runs of the same dataset and seed")
-    out = heatmap_figure(probes, Path(a.out).resolve())
+    out = heatmap_figure(probes, out)
     shares = ", ".join(f"{label.splitlines()[0]} {pr['student_fg_share']:.2f}" for label, pr in probes)
     print(f"heatmaps of {len(probes)} runs -> {out} (student foreground share: {shares})")
     return 0

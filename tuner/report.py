@@ -7,7 +7,7 @@ builds it at the end of every search and logs it to the parent run under `report
 import sys
 from pathlib import Path
 
-from tuner.cli import OneLineParser, quiet_libraries, run_cli
+from tuner.cli import OneLineParser, output_path, quiet_libraries, run_cli
 from tuner.search_report import HTML_FILE, REPORT_DIR, build_report
 from tuner.search_runs import find_search_run
 from tuner.tracking import tracking_client
@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     p.add_argument("--no-log", action="store_true", help="write the files only; do not log them to MLflow")
     a = p.parse_args(argv)
+    if a.out:
+        output_path("--out", a.out, folder=True)
     client = tracking_client(a.tracking_uri)
     parent = find_search_run(client, a.experiment, a.run)
     experiment = client.get_experiment(parent.info.experiment_id).name

@@ -59,7 +59,7 @@ def resolve_space(name: str) -> Path:
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
-            raise SpaceError(f"space file {p} does not exist")
+            raise SpaceError(f"space file {p} {'is a folder' if p.is_dir() else 'does not exist'}")
         return p.resolve()
     p = SPACES_DIR / f"{name}.yaml"
     if not p.is_file():

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from tuner.cli import OneLineParser, parse_sets, run_cli
+from tuner.cli import OneLineParser, output_path, parse_sets, run_cli
 from tuner.teacher_training import TRAIN_ON, teacher_config, train_teacher
 
 
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     if a.data_dir:
         overrides["data_dir"] = str(Path(a.data_dir).resolve())
     cfg = teacher_config(a.arch, a.dataset, a.epochs, seed=a.seed, **overrides)
-    out = Path(a.out or f"teachers/{a.arch}-{a.dataset}.pt").resolve()
+    out = output_path("--out", a.out or f"teachers/{a.arch}-{a.dataset}.pt")
     path, acc = train_teacher(cfg, out, train_on=a.train_on)
     print(f"teacher {a.arch} on {a.dataset} ({a.train_on}): test top-1 {acc:.2f}% -> {path}")
     return 0
