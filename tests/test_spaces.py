@@ -99,3 +99,10 @@ def test_an_arm_cannot_search_a_key_the_space_searches_too(tmp_path):
                  "arms: {a: {lr: 0.3}}\nsearch: {searcher: grid}\nscheduler: {type: fifo}\n")
     with pytest.raises(SpaceError, match="arms.a.lr"):
         parse_space(str(f))
+
+
+def test_every_shipped_space_builds_into_what_ray_and_optuna_are_given():
+    from tuner.driver import check_buildable
+
+    for name in available_spaces():
+        check_buildable(parse_space(name))  # raises SpaceError with one line if Ray or Optuna would refuse it
