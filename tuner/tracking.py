@@ -178,8 +178,8 @@ class SearchTracker:
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # trial id -> run id (or a placeholder until created)
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged (a resume never logs it twice)
-        self.real_id: dict[str, str] = {}  # placeholder -> run id
-        # What an earlier process on this run folder journalled and never saw acknowledged goes first.
+        # What an earlier process on this run folder journalled and never saw acknowledged goes first;
+        # real_id maps a placeholder run id to the run MLflow created for it.
         self.pending, self.real_id, self._seq, self.unreadable = read_journal(self.run_dir)
         self._init_writer()
 
@@ -276,10 +276,9 @@ class SearchTracker:
         found = self.client.search_model_versions(f"run_id = '{run_id}'")
         if found:
             tag_version(self.uri, op["model_name"], found[0].version, op["version_tags"])
-            self.registered = found[0].version
-            return
-        self.registered = log_student_model(self.uri, run_id, Path(op["checkpoint"]), Path(op["preprocessing"]),
-                                            op["model_name"], op["version_tags"])
+        else:
+            log_student_model(self.uri, run_id, Path(op["checkpoint"]), Path(op["preprocessing"]), op["model_name"],
+                              op["version_tags"])
 
     def _create_run(self, op: dict) -> str:
         """Exactly one run per create, even when an earlier try reached the store but its answer was
