@@ -141,3 +141,34 @@ def test_resume_without_a_previous_search_exits_2_with_one_line(tmp_path, args, 
     assert r.returncode == 2
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest_one_that_loads(tmp_path):
+    """Ray's snapshot can name checkpoint_000004 after the killed driver deleted it (num_to_keep ranks by the
+    metric, so a newer checkpoint evicts the previous latest at once). The trial resumes from the newest
+    checkpoint of its own folder that loads: checkpoint_000006 was cut off by the kill, so 000005."""
+    from ray import tune
+
+    from trainables.models import create_model
+    from trainables.ray_trainable import CHECKPOINT_FILE, newest_loadable_checkpoint
+    from trainables.sparsity import apply_masks, init_masks, save_sparse
+
+    trial = tmp_path / "trial"
+    model = create_model("resnet8", 10)
+    masks = init_masks(model, 0.5, "uniform", seed=0)
+    apply_masks(model, masks)
+    for i in (3, 5, 6):
+        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
+        save_sparse(trial / f"checkpoint_00000{i}" / CHECKPOINT_FILE, model.state_dict(), masks, 0.5,
+                    extra={"epoch": i + 1})
+    cut = trial / "checkpoint_000006" / CHECKPOINT_FILE
+    cut.write_bytes(cut.read_bytes()[:-100])  # the copy the kill interrupted
+    gone = tune.Checkpoint.from_directory(str(trial / "checkpoint_000004"))
+
+    found = newest_loadable_checkpoint(gone)
+    assert found is not None and Path(found.path).name == "checkpoint_000005"
+    (trial / "checkpoint_000005" / CHECKPOINT_FILE).unlink()
+    assert Path(newest_loadable_checkpoint(gone).path).name == "checkpoint_000003"
+    for i in (3, 6):
+        (trial / f"checkpoint_00000{i}" / CHECKPOINT_FILE).unlink()
+    assert newest_loadable_checkpoint(gone) is None  # nothing to resume from: Ray's own error stands

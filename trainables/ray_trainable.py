@@ -1,4 +1,6 @@
 """SFKDTrainable: the Ray Tune glue over DistillRun. Everything else in trainables/ runs without Ray."""
+import copy
+import posixpath
 from pathlib import Path
 
 import ray
@@ -9,8 +11,40 @@ from trainables.inputs import TrialInputs
 from trainables.probe import PROBE_FILE
 from trainables.run import DistillRun, as_config
 from trainables.sparsity import load_sparse, save_sparse
+from trainables.sparsity.layers import SparsityError
 
 CHECKPOINT_FILE = "student.sfkd"
+
+
+def newest_loadable_checkpoint(missing: tune.Checkpoint) -> tune.Checkpoint | None:
+    """The trial's newest checkpoint that still exists and loads, beside one that is gone.
+
+    Ray's experiment snapshot is taken every few seconds, but a trial's checkpoints are deleted as soon as
+    a newer one arrives (num_to_keep ranked by the search metric drops the previous latest at once, before
+    Ray's forced snapshot). A driver killed in between leaves a snapshot naming a deleted checkpoint, and
+    Ray 2.60 then fails the trial ("does not exist on storage anymore") instead of using the ones that
+    remain. Every checkpoint of a trial is a state of the same seeded run, so the newest complete one is
+    as good a place to resume as the one named: the epochs after it were run and logged from that very
+    state, and MLflow keeps each epoch once (tuner/tracking.py). A folder whose file is missing or does
+    not load (a copy cut off by the kill) is skipped."""
+    import pyarrow.fs as pafs
+
+    fs, trial_dir = missing.filesystem, posixpath.dirname(missing.path.rstrip("/"))
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(trial_dir))
+    except (OSError, FileNotFoundError):
+        return None
+    folders = sorted((e.path for e in entries if e.type == pafs.FileType.Directory
+                      and posixpath.basename(e.path).startswith("checkpoint_")), reverse=True)
+    for folder in folders:  # checkpoint_000007 before checkpoint_000006: Ray numbers them in order
+        candidate = tune.Checkpoint(folder, filesystem=fs)
+        try:
+            with candidate.as_directory() as local:
+                load_sparse(Path(local) / CHECKPOINT_FILE)
+        except (OSError, SparsityError):
+            continue
+        return candidate
+    return None
 
 
 class SFKDTrainable(tune.Trainable):
@@ -77,6 +111,18 @@ class SFKDTrainable(tune.Trainable):
                     self.run.scheduled_density, config=self.run.cfg.to_dict(), extra=extra)
         if self.run.last_probe is not None:
             torch.save(self.run.last_probe, Path(checkpoint_dir) / PROBE_FILE)
+
+    def restore(self, checkpoint_path):
+        """Ray's restore, from the trial's newest remaining checkpoint when the one Ray names is gone
+        (see newest_loadable_checkpoint)."""
+        ckpt = getattr(checkpoint_path, "checkpoint", None)
+        if ckpt is not None and ckpt.filesystem.get_file_info(ckpt.path).type.name == "NotFound":
+            replacement = newest_loadable_checkpoint(ckpt)
+            if replacement is not None:
+                print(f"checkpoint {ckpt.path} is gone; resuming from {replacement.path}", flush=True)
+                checkpoint_path = copy.copy(checkpoint_path)  # Ray's result: its metrics, another checkpoint
+                checkpoint_path.checkpoint = replacement
+        return super().restore(checkpoint_path)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         student, masks, meta = load_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE)
