@@ -52,7 +52,29 @@ def recorded(tmp_path_factory):
     (root / "final_bad.yaml").write_text("dataset: synthetic\nalhpa: 1\n")
     (root / "final_ok.yaml").write_text("dataset: synthetic\nmethod: ft\nteacher: none\nepochs: 1\n")
     _bad_files(root)
+    _bad_weights(root)
     return root
+
+
+class _RunsCode:
+    """A pickle that would create a file if unpickled: the tool must refuse it without running it."""
+
+    def __reduce__(self):
+        return (open, (str(Path(__file__).parent / "PICKLE_RAN"), "w"))
+
+
+def _bad_weights(root: Path) -> None:
+    """Weights of a user's own model, each wrong in one way (docs/models.md, Weights)."""
+    torch.manual_seed(0)
+    good = create_model("torchvision:resnet18", 10).state_dict()
+    torch.save(create_model("torchvision:mobilenet_v3_small", 10).state_dict(), root / "w_other_arch.pt")
+    torch.save(create_model("torchvision:resnet18", 7).state_dict(), root / "w_other_classes.pt")
+    torch.save(good, root / "w_cut.pt")
+    (root / "w_cut.pt").write_bytes((root / "w_cut.pt").read_bytes()[:100_000])
+    torch.save({"model": good, "trainer": _RunsCode()}, root / "w_pickle.pt")
+    torch.save(good, root / "w_good.pt")
+    torch.save(create_model("torchvision:resnet18", 1000).state_dict(), root / "w_imagenet_head.pt")
+    (root / "user_model.py").write_text("import torch.nn as nn\n\ndef build(num_classes):\n    return 'not a module'\n")
 
 
 def _png(path: Path, size=16, seed=0):
@@ -173,7 +195,7 @@ CASES = [  # (id, argv, what the line must say)
     ("zero epochs", S + ["--epochs", "0"], "epochs: 0 is out of range"),
     ("negative epochs", S + ["--epochs", "-3"], "epochs: -3 is out of range"),
     ("wrong type", S + ["--set", "alpha=abc"], "alpha: 'abc' has the wrong type; expected float"),
-    ("unknown model", S + ["--set", "student=resnet21"], "student: unknown value 'resnet21'; did you mean 'resnet"),
+    ("unknown model", S + ["--set", "student=resnet21"], "student: unknown model 'resnet21'; did you mean 'resnet"),
     ("unknown dataset", S + ["--dataset", "imagenet"], "dataset: unknown value 'imagenet'"),
     ("unknown init method", S + ["--set", "sparse_init=random"], "sparse_init: unknown value 'random'"),
     ("missing data folder", S + ["--dataset", "cifar10", "--data-dir", "{r}/missing"], "does not exist"),
@@ -206,7 +228,7 @@ CASES = [  # (id, argv, what the line must say)
     ("checkpoint truncated", ["-m", "tuner.checkpoint", "{r}/truncated.sfkd"], "checksum does not match"),
     ("checkpoint not ours", ["-m", "tuner.checkpoint", "{r}/garbage.pt"], "not an sfkd sparse checkpoint"),
     ("teacher cli: unknown arch", ["-m", "tuner.teacher", "--arch", "resnet21", "--dataset", "synthetic"],
-     "unknown value 'resnet21'"),
+     "unknown model 'resnet21'"),
 ]
 IMAGEFOLDER = ["--dataset", "imagefolder", "--set", "teacher=none", "--set", "method=ft", "--set", "fg_size=2"]
 # Rule 1: everything that can be checked is checked before the first record (what Ray, Optuna or the
@@ -304,7 +326,39 @@ RULE_6 = [
     ("resume: name that leaves the storage", S + ["--resume", "--name", "../recorded"],
      "--name '../recorded': a run name is one folder name"),
 ]
-CASES += RULE_1 + RULE_2 + RULE_3 + RULE_6
+# Your own model: sources, weights and taps (docs/models.md).
+TV = ["--set", "teacher_arch=torchvision:resnet18", "--set", "method=kd"]  # KD: no square to fit a 2x2 map
+YOUR_MODEL = [
+    ("teacher weights of another architecture", S + TV + ["--set", "teacher={r}/w_other_arch.pt"],
+     "w_other_arch.pt does not fit torchvision:resnet18 with 10 classes: missing key 'conv1.weight'"),
+    ("teacher weights of another class count", S + TV + ["--set", "teacher={r}/w_other_classes.pt"],
+     "w_other_classes.pt does not fit torchvision:resnet18 with 10 classes: 'fc.weight' is (7, 512)"),
+    ("teacher weights cut off", S + TV + ["--set", "teacher={r}/w_cut.pt"],
+     "w_cut.pt cannot be read as a PyTorch checkpoint"),
+    ("teacher pickle that would run code", S + TV + ["--set", "teacher={r}/w_pickle.pt"],
+     "w_pickle.pt cannot be read as a PyTorch checkpoint (it holds Python objects other than tensors"),
+    ("student weights of another architecture", S + ["--set", "student=torchvision:resnet18", "--set", "method=kd",
+                                                     "--set", "student_weights={r}/w_other_arch.pt"],
+     "w_other_arch.pt does not fit torchvision:resnet18: missing key 'conv1.weight'"),
+    ("a tap that does not exist", S + TV + ["--set", "method=sfkd", "--set", "fg_size=1", "--set",
+                                            "teacher={r}/w_good.pt", "--set", "feature_stages=[layer5]"],
+     "feature_stages: resnet8 has no module 'layer5'; the closest are"),
+    ("a teacher tap that does not exist", S + TV + ["--set", "method=sfkd", "--set", "fg_size=1", "--set",
+                                                    "teacher={r}/w_good.pt", "--set", "teacher_feature_stages=[layer9]"],
+     "teacher_feature_stages: torchvision:resnet18 has no module 'layer9'; the closest are layer"),
+    ("a numbered stage of a torchvision model", S + ["--set", "student=torchvision:resnet18", "--set",
+                                                      "feature_stages=[2]"],
+     "feature_stages: torchvision:resnet18 has no numbered stages: name its modules"),
+    ("unknown torchvision model", S + ["--set", "student=torchvision:resnet19"],
+     "student: model torchvision:resnet19: torchvision has no classification model 'resnet19'; did you mean 'resnet18'?"),
+    ("unknown model source", S + ["--set", "student=torchvison:resnet18"], "unknown source 'torchvison'; did you mean"),
+    ("user factory that returns no module", S + ["--set", "student=module:{r}/user_model.py:build"],
+     "the factory returned a str, not a torch.nn.Module"),
+    ("user factory that does not exist", S + ["--set", "student=module:{r}/user_model.py:buld"],
+     "has no callable 'buld'; did you mean 'build'?"),
+    ("user model file that does not exist", S + ["--set", "student=module:{r}/nowhere.py:build"], "nowhere.py does not exist"),
+]
+CASES += RULE_1 + RULE_2 + RULE_3 + RULE_6 + YOUR_MODEL
 
 
 def _run_case(recorded: Path, base: Path, index: int, argv: list[str]):
@@ -336,11 +390,12 @@ def test_bad_input_gets_one_line_exit_2_and_leaves_recorded_results_untouched(ou
     assert len(lines) == 1 and expect in lines[0], r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert _snapshot(work) == before
+    assert not (Path(__file__).parent / "PICKLE_RAN").exists()  # no case unpickled code
 
 
 def test_there_are_at_least_25_bad_inputs_and_four_of_each_promised_rule():
     assert len(CASES) >= 85
-    assert min(len(RULE_1), len(RULE_2), len(RULE_3), len(RULE_6)) >= 4
+    assert min(len(RULE_1), len(RULE_2), len(RULE_3), len(RULE_6)) >= 4 and len(YOUR_MODEL) >= 5
 
 
 def test_an_auto_teacher_near_chance_stops_the_search_before_anything_is_recorded(tmp_path):

@@ -247,3 +247,49 @@ def test_search_with_runs_in_s3_on_two_nodes_that_share_no_disk_survives_a_kille
             assert after and min(after) >= 2 and max(after) == EPOCHS
     finally:
         cluster.stop()
+
+
+USER_MODEL = '''
+import torch.nn as nn
+
+
+def build(num_classes):
+    """A student of the user's own: three convolutions, an 8x8 map at 32 px, then a classifier."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, num_classes))
+'''
+
+
+@pytest.mark.slow
+def test_a_student_from_the_users_own_file_trains_on_both_nodes_though_the_worker_cannot_see_the_file(
+        s3, tmp_path, trained_teacher_file):
+    """The driver ships the user's .py file with Ray's runtime_env (py_modules): the worker node, whose
+    namespace hides the driver's folder, imports it by its own name."""
+    client, env = s3
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my_student.py").write_text(USER_MODEL)
+    teacher = work / "teacher.pt"
+    shutil.copy(trained_teacher_file, teacher)
+    cluster = Cluster(env, [work, Path(os.environ["SFKD_CACHE"])])
+    tracking = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    try:
+        r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--address", cluster.address,
+                            "--storage-path", f"s3://{BUCKET}/runs", "--name", "mine", "--tracking-uri",
+                            f"sqlite:///{work}/mlflow.db", "--num-samples", "2", "--max-concurrent", "2",
+                            "--cpus-per-trial", "1", "--epochs", "3", "--set", "scheduler.type=fifo", "--set",
+                            "synthetic_size=600", "--set", f"teacher={teacher}", "--set",
+                            "student=module:my_student.py:build", "--quiet"],
+                           cwd=work, capture_output=True, text=True, timeout=600, env=cluster.env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        parent, children = _children(tracking, "mine")
+        assert parent.info.status == "FINISHED" and len(children) == 2
+        for c in children:
+            assert c.data.tags["sfkd.status"] == "completed", c.data.tags.get("sfkd.reason")
+            assert c.data.params["student"] == f"module:{work / 'my_student.py'}:build"  # made absolute by the driver
+            assert c.data.params["taps_student"] == "5"  # -1: the last spatial map, the third conv's ReLU
+        results = _results(client, "mine")
+        assert len({row["node_id"] for rows in results.values() for row in rows}) == 2  # both nodes trained
+    finally:
+        cluster.stop()

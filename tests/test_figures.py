@@ -43,7 +43,7 @@ def test_the_share_is_measured_on_the_configured_square_or_half_the_map_for_fitn
 def test_a_teacher_of_centred_objects_puts_more_attention_in_the_foreground_than_area_alone(trained_teacher):
     run = DistillRun({"dataset": "synthetic", "synthetic_size": 1200, "student": "resnet8", "teacher_arch": "resnet8",
                       "teacher": str(trained_teacher), "method": "sfkd", "fg_size": 4, "epochs": 1}, device="cpu")
-    probe, _ = attention_probe(run.student, run.teacher, run.data.val_x, run.data.mean, run.data.std, 4, -1, run.device)
+    probe, _ = attention_probe(run.student, run.teacher, run.data.val_x, run.data.mean, run.data.std, 4, (-1, -1), run.device)
     assert probe["area_share"] == pytest.approx(16 / 64)
     # The synthetic class object fills the central half of the image (the 4x4 square of the 8x8 map).
     assert probe["teacher_fg_share"] > probe["area_share"] + 0.15

@@ -101,9 +101,9 @@ def _first_losses(cfg: dict, steps: int) -> list[float]:
 
 def test_two_runs_with_the_same_seed_build_the_same_student_in_one_process(tiny_teacher_file):
     # Regression: a cold shape cache used to draw from the global RNG after the run's seed was set.
-    from trainables.stages import stage_shapes
+    from trainables.models.taps import tap_shapes
 
-    stage_shapes.cache_clear()
+    tap_shapes.cache_clear()
     cfg = {**TINY, "teacher": str(tiny_teacher_file), "density": 0.3}
     first, second = DistillRun(cfg, device="cpu"), DistillRun(cfg, device="cpu")
     for a, b in zip(first.student.state_dict().values(), second.student.state_dict().values()):

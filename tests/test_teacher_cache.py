@@ -126,10 +126,10 @@ def test_a_search_and_a_final_run_on_the_same_subset_never_share_a_cache(tiny_te
     final = load_splits("synthetic", synthetic_size=400, train_subset=300, full_train=True)
     assert len(search.train_x) == len(final.train_x) == 300
     assert not torch.equal(search.train_x, final.train_x)
-    caches = [open_teacher_cache(cfg, file_digest(tiny_teacher_file), d, [(64, 8, 8)], 10) for d in (search, final)]
+    caches = [open_teacher_cache(cfg, file_digest(tiny_teacher_file), d, [-1], [(64, 8, 8)], 10) for d in (search, final)]
     assert caches[0].dir != caches[1].dir
     again = load_splits("synthetic", synthetic_size=400, train_subset=300)
-    assert open_teacher_cache(cfg, file_digest(tiny_teacher_file), again, [(64, 8, 8)], 10).dir == caches[0].dir
+    assert open_teacher_cache(cfg, file_digest(tiny_teacher_file), again, [-1], [(64, 8, 8)], 10).dir == caches[0].dir
 
 
 def test_the_cache_size_is_views_times_images_times_outputs_in_fp16_capped_by_config(tiny_teacher_file, tmp_path):

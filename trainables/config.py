@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from trainables.data.splits import DATASETS
 from trainables.methods import METHODS, get_method
-from trainables.models import model_names
+from trainables.models.sources import ModelSourceError, check_spec
 from trainables.precision import MEMORY_FORMATS, PRECISIONS
 from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.schedule import SCHEDULES
@@ -44,11 +44,18 @@ class DistillConfig:
     synthetic_size: int = 2000
     synthetic_classes: int = 10
     image_size: int = 32
+    # Per-channel input normalisation; None: the training images' own mean/std. A teacher trained with
+    # another (ImageNet's: [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]) needs its own here.
+    mean: list | None = None
+    std: list | None = None
     # Teacher and student
     teacher: str = "auto"
     teacher_arch: str = "resnet110"
     teacher_epochs: int = 240
+    # A zoo name, torchvision:NAME, timm:NAME or module:FILE_OR_MODULE:FACTORY (docs/models.md)
     student: str = "resnet20"
+    # A file to initialise the student from before its masks are drawn (docs/models.md, Weights)
+    student_weights: str | None = None
     # Loss: alpha*CE + beta*KD + gamma*(L_fg + bg_weight*L_bg) + at_weight*AT + sp_weight*SP; the method
     # decides which terms exist (FT: CE at weight 1 only). alpha/beta left out take the method's `weights`.
     method: str = "sfkd"
@@ -57,13 +64,16 @@ class DistillConfig:
     beta: float | None = None
     gamma: float = 0.5
     bg_weight: float = 0.4
-    fg_size: int = 4
+    fg_size: int | None = None  # the foreground square's side in map cells (4 unless fg_fraction is given)
+    fg_fraction: float | None = None  # or its side as a fraction of the distilled map's side (any image size)
     # map: MSE over the full masked maps (He et al. 2025, Eqs. 5-6; docs/method.md, Losses); region: over each region's area
     sfkd_norm: str = "map"
     temperature: float = 4.0
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
+    # Taps: module names (layer3, features.8), zoo stage indices, or -1 for the last map before pooling
     feature_stages: list = field(default_factory=lambda: [-1])
+    teacher_feature_stages: list | None = None  # the teacher's taps when its modules are named otherwise
     # Sparsity
     density: float | None = None
     sparsity: float | None = None
@@ -126,6 +136,9 @@ class DistillConfig:
         d = self.to_dict()
         if "sparsity" in changes:
             d.pop("density")
+        for given, other in (("fg_fraction", "fg_size"), ("fg_size", "fg_fraction")):  # one replaces the other
+            if given in changes and other not in changes:
+                d[other] = None
         d.update(changes)
         return DistillConfig.from_dict(d)
 
@@ -153,8 +166,11 @@ class DistillConfig:
         method.resolve(self)
         _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
         _one_of("dataset", self.dataset, DATASETS)
-        _one_of("student", self.student, model_names())
-        _one_of("teacher_arch", self.teacher_arch, model_names())
+        for key in ("student", "teacher_arch"):
+            try:
+                check_spec(getattr(self, key))
+            except ModelSourceError as e:
+                raise ConfigError(f"{key}: {e}") from None
         _one_of("sparse_init", self.sparse_init, INIT_METHODS)
         _one_of("prune_schedule", self.prune_schedule, SCHEDULES)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -172,13 +188,33 @@ class DistillConfig:
                   "synthetic_size", "image_size"):
             _in_range(k, getattr(self, k), 1, float("inf"))
         _in_range("synthetic_classes", self.synthetic_classes, 2, float("inf"))
-        _in_range("fg_size", self.fg_size, 0, float("inf"))
+        if self.fg_size is not None and self.fg_fraction is not None:
+            raise ConfigError("give either fg_size (map cells) or fg_fraction (of the map's side), not both")
+        if self.fg_fraction is None:
+            self.fg_size = 4 if self.fg_size is None else self.fg_size
+            _in_range("fg_size", self.fg_size, 0, float("inf"))
+        else:
+            _in_range("fg_fraction", self.fg_fraction, 0.0, 1.0, lo_open=True)
         _in_range("cache_max_gb", self.cache_max_gb, 0.0, float("inf"))
         for k in ("train_subset", "val_subset", "cache_views"):
             if getattr(self, k) is not None:
                 _in_range(k, getattr(self, k), 1, float("inf"))
-        if not self.feature_stages or not all(isinstance(s, int) for s in self.feature_stages):
-            raise ConfigError(f"feature_stages must be a non-empty list of stage indices, got {self.feature_stages!r}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and (len(values) != 3 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+                raise ConfigError(f"{key} must be three finite numbers (one per RGB channel), got {values!r}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"std must be three numbers > 0, got {self.std!r}")
+        for key in ("feature_stages", "teacher_feature_stages"):
+            taps = getattr(self, key)
+            if taps is None and key == "teacher_feature_stages":
+                continue
+            if not taps or not all(isinstance(s, (int, str)) and not isinstance(s, bool) and s != "" for s in taps):
+                raise ConfigError(f"{key} must be a non-empty list of module names or stage indices, got {taps!r}")
+        if self.teacher_feature_stages is not None and len(self.teacher_feature_stages) != len(self.feature_stages):
+            raise ConfigError(f"teacher_feature_stages has {len(self.teacher_feature_stages)} taps and feature_stages "
+                              f"{len(self.feature_stages)}: each student tap is distilled from one teacher tap")
         if sorted(self.lr_milestones) != list(self.lr_milestones) or not all(0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be increasing fractions of the budget in (0, 1), got {self.lr_milestones!r}")
         if self.sparse_init == "magnitude" or self.prune_schedule in ("iterative", "cubic"):
@@ -192,6 +228,18 @@ class DistillConfig:
                               f"set the dataset too (--dataset imagefolder, cifar10 or cifar100)")
         if self.teacher == "none" and self.uses_teacher:
             raise ConfigError(f"method {self.method} with sparse_init {self.sparse_init} needs a teacher; teacher is 'none'")
+
+    def fg_cells(self, height: int, width: int) -> int:
+        """The foreground square's side on a height x width map: fg_size, or fg_fraction of the shorter
+        side rounded (at least 1 cell), so one space fits 32 px and 224 px (docs/method.md, Losses)."""
+        if self.fg_fraction is None:
+            return int(self.fg_size)
+        return max(1, round(self.fg_fraction * min(height, width)))
+
+    @property
+    def teacher_taps(self) -> list:
+        """The teacher's taps: its own names when given, else the student's."""
+        return list(self.teacher_feature_stages or self.feature_stages)
 
     @property
     def uses_teacher(self) -> bool:

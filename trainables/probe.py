@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from trainables.data.augment import normalize
 from trainables.losses.foreground_split import foreground_mask
+from trainables.models.taps import forward_taps
 
 DRAWN_IMAGES = 8  # shown in the heatmap grid
 SHARE_IMAGES = 256  # averaged into the foreground-share metrics
@@ -36,10 +37,11 @@ def foreground_share(att: torch.Tensor, fg_size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def stage_attention(model: nn.Module, x: torch.Tensor, stage: int, batch: int = 128) -> torch.Tensor:
+def stage_attention(model: nn.Module, x: torch.Tensor, tap, batch: int = 128) -> torch.Tensor:
+    """The attention map at one tap (a zoo stage index or a module name), per image."""
     was_training = model.training
     model.eval()
-    maps = [mean_square_map(model(x[i:i + batch], return_features=True)[1][stage]) for i in range(0, len(x), batch)]
+    maps = [mean_square_map(forward_taps(model, x[i:i + batch], [tap])[1][0]) for i in range(0, len(x), batch)]
     model.train(was_training)
     return torch.cat(maps).cpu()
 
@@ -50,24 +52,28 @@ def probe_images(val_x: torch.Tensor, count: int = SHARE_IMAGES) -> torch.Tensor
     return torch.randperm(len(val_x), generator=g)[:count]
 
 
-def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.Tensor, mean, std, fg_size: int,
-                    stage: int, device: torch.device, teacher_maps: torch.Tensor | None = None):
-    """Attention maps of the drawn images and foreground shares over SHARE_IMAGES validation images.
+def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.Tensor, mean, std, fg_size,
+                    taps: tuple, device: torch.device, teacher_maps: torch.Tensor | None = None):
+    """Attention maps of the drawn images and foreground shares over SHARE_IMAGES validation images, at
+    the last distilled tap of the student and of the teacher (`taps`: the two, resolved).
 
     Returns (probe, teacher maps); pass the maps back in next time, since a frozen teacher's never change.
     Everything returned is a tensor, number or string, so it saves and loads with weights_only=True.
     """
     idx = probe_images(val_x)
     x = normalize(val_x[idx].to(device), torch.tensor(mean), torch.tensor(std))
-    s_att = stage_attention(student, x, stage)
+    s_tap, t_tap = taps
+    fg_of = fg_size if callable(fg_size) else (lambda h, w: fg_size)  # fg_fraction: cells depend on the map
+    s_att = stage_attention(student, x, s_tap)
     if teacher_maps is None and teacher is not None:
-        teacher_maps = stage_attention(teacher, x, stage)
-    square = probe_square(fg_size, s_att.shape[1], s_att.shape[2])
+        teacher_maps = stage_attention(teacher, x, t_tap)
+    square = probe_square(fg_of(s_att.shape[1], s_att.shape[2]), s_att.shape[1], s_att.shape[2])
     out = {"images": val_x[idx[:DRAWN_IMAGES]].cpu(), "student": s_att[:DRAWN_IMAGES], "fg_size": square,
            "student_fg_share": foreground_share(s_att, square).mean().item(),
-           "area_share": square * square / float(s_att.shape[1] * s_att.shape[2]), "stage": stage}
+           "area_share": square * square / float(s_att.shape[1] * s_att.shape[2]), "stage": s_tap}
     if teacher_maps is not None:
-        t_square = probe_square(fg_size, teacher_maps.shape[1], teacher_maps.shape[2])
+        t_square = probe_square(fg_of(teacher_maps.shape[1], teacher_maps.shape[2]), teacher_maps.shape[1],
+                                teacher_maps.shape[2])
         out.update(teacher=teacher_maps[:DRAWN_IMAGES], teacher_fg_size=t_square,
                    teacher_fg_share=foreground_share(teacher_maps, t_square).mean().item())
     return out, teacher_maps

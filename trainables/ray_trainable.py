@@ -89,6 +89,7 @@ class SFKDTrainable(tune.Trainable):
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
         metrics["ray_gpu_share"] = self.gpu_share
         metrics.update(self.shipped)  # 1: came through the object store; 0: read from this node's disk
+        metrics.update(self.run.record)  # the taps and the layers kept dense, as text: params and a tag
         metrics["node_id"] = self.node_id  # which Ray node ran this epoch (kept in result.json)
         self.diverged = metrics.pop("diverged")
         if self.diverged:

@@ -14,6 +14,7 @@ from trainables.inputs import digest_bytes, load_run_splits
 from trainables.losses import Connector
 from trainables.methods import LOSS_PARTS, get_method
 from trainables.models import create_model
+from trainables.models.taps import forward_taps
 from trainables.precision import autocast, resolve_memory_format, resolve_precision
 from trainables.probe import attention_probe, measured_layer_densities
 from trainables.sparsity import (
@@ -25,8 +26,9 @@ from trainables.sparsity import (
     prune_by_magnitude,
     pruning_plan,
 )
-from trainables.stages import check_feature_config, stage_shapes
-from trainables.teacher_file import load_teacher
+from trainables.sparsity.layers import layer_roles
+from trainables.stages import check_feature_config, distilled_maps
+from trainables.teacher_file import load_student_weights, load_teacher
 
 # Each evaluated metric's best so far, reported as best_<split>_<name>: larger accuracy, smaller loss.
 BEST_OF = {"acc": max, "acc5": max, "loss": min}
@@ -57,6 +59,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device,
+                   precision: str = "fp32", channels_last: bool = False) -> dict:
+    """Top-1 and top-5 accuracy (percent) and mean CE of `model` on images x (uint8) with labels y."""
+    if channels_last:  # the layout of the batches below, as in training
+        model.to(memory_format=torch.channels_last)
+    was_training = model.training
+    model.eval()
+    loader = DeviceLoader(x, y, 500, mean, std, device, train=False, channels_last=channels_last)
+    top1 = top5 = loss = 0.0
+    for xb, yb in loader:
+        with autocast(device, precision):
+            logits = model(xb).float()
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1 += (top[:, 0] == yb).sum().item()
+        top5 += (top == yb[:, None]).any(dim=1).sum().item()
+    model.train(was_training)
+    n = len(y)
+    return {"acc": 100.0 * top1 / n, "acc5": 100.0 * top5 / n, "loss": loss / n}
+
+
 class DistillRun:
     """Student, teacher, masks, optimizer and data of one distillation run, stepped an epoch at a time."""
 
@@ -67,7 +91,7 @@ class DistillRun:
         self.cfg = cfg = as_config(config)
         self.method = get_method(cfg.method)
         self.device = pick_device(device or cfg.device)
-        self.data = data or load_run_splits(cfg, full_train=full_train)
+        self.data = (data or load_run_splits(cfg, full_train=full_train)).normalised_as(cfg.mean, cfg.std)
         nc = self.data.num_classes
         check_feature_config(cfg, nc, self.data.image_size)
         self.cuda = self.device.type == "cuda"
@@ -88,9 +112,19 @@ class DistillRun:
         # The student's initial weights depend on `seed` alone: same seed, same start, whatever the method.
         torch.manual_seed(cfg.seed)
         self.student = create_model(cfg.student, nc).to(self.device)
+        self.notes: list[str] = []  # one line each, said once by whoever runs this (the driver, a final run)
+        if cfg.student_weights:
+            classifier = layer_roles(self.student, self.data.image_size)["classifier"]
+            note = load_student_weights(self.student, cfg.student_weights, classifier, nc)
+            if note:
+                self.notes.append(note)
         if cfg.sparse_init == "magnitude":
             self.student.load_state_dict(self.teacher.state_dict())
-        self.connectors = self._build_connectors(nc)
+        # The taps, resolved: zoo stage indices, or module names (-1 of another model: its last spatial map)
+        self.student_taps, s_shapes, self.teacher_taps, t_shapes = distilled_maps(
+            cfg, nc, self.data.image_size, with_teacher=self.teacher is not None)
+        self.student_taps, self.teacher_taps = list(self.student_taps), list(self.teacher_taps)
+        self.connectors = self._build_connectors(s_shapes, t_shapes)
         if self.channels_last:
             self.student.to(memory_format=torch.channels_last)
             if self.teacher is not None:
@@ -119,19 +153,18 @@ class DistillRun:
         self._teacher_maps = None
 
     # -- construction -------------------------------------------------------------------------
-    def _build_connectors(self, num_classes: int) -> nn.ModuleList:
+    def _build_connectors(self, s_shapes, t_shapes) -> nn.ModuleList:
         connectors = nn.ModuleList()
         if self.teacher is None or not self.method.connectors:
             return connectors
-        s_shapes = stage_shapes(self.cfg.student, num_classes, self.data.image_size)
-        t_shapes = stage_shapes(self.cfg.teacher_arch, num_classes, self.data.image_size)
-        for idx in self.cfg.feature_stages:
-            c_s, c_t = s_shapes[idx][0], t_shapes[idx][0]
+        for s, t in zip(s_shapes, t_shapes):
+            c_s, c_t = s[0], t[0]
             connectors.append(Connector(c_s, c_t) if c_s != c_t else nn.Identity())
         return connectors.to(self.device)
 
-    def _distilled_stages(self) -> list[int]:
-        return list(self.cfg.feature_stages) if self.method.distils_stages else []
+    def _distilled(self, taps: list) -> list:
+        """The taps the method distils: all of them, or none (KD and FT read logits only)."""
+        return list(taps) if self.method.distils_stages else []
 
     def _open_cache(self, num_classes: int, teacher_bytes: bytes | None):
         cfg = self.cfg
@@ -144,8 +177,8 @@ class DistillRun:
 
         # Every teacher-using method stores the maps of all feature_stages, so the arms of a study with one
         # seed share one fill whichever arm runs first (KD reads only the logits of it).
-        shapes = stage_shapes(cfg.teacher_arch, num_classes, self.data.image_size)
-        return open_teacher_cache(cfg, digest, self.data, [shapes[s] for s in cfg.feature_stages], num_classes)
+        _, _, taps, shapes = distilled_maps(cfg, num_classes, self.data.image_size)
+        return open_teacher_cache(cfg, digest, self.data, list(taps), list(shapes), num_classes)
 
     def view_of(self, epoch: int) -> int:
         """The augmentation view a 0-based epoch trains on: its own fresh draw, or with the opt-in
@@ -157,8 +190,9 @@ class DistillRun:
         if self.cache is None:
             return None
         return self.cache.load(view) or self.cache.fill(
-            view, self.teacher, self.train_loader.images, self.data.mean, self.data.std, list(self.cfg.feature_stages),
-            autocast=lambda: autocast(self.device, self.precision), channels_last=self.channels_last)
+            view, lambda x: forward_taps(self.teacher, x, self.teacher_taps), self.train_loader.images,
+            self.data.mean, self.data.std, autocast=lambda: autocast(self.device, self.precision),
+            channels_last=self.channels_last)
 
     def learning_rate(self, epoch: int) -> float:
         """The lr of a 0-based epoch: multistep with milestones scaled to the budget, or cosine.
@@ -190,7 +224,7 @@ class DistillRun:
         cfg = self.cfg
         if self.plan:  # iterative / cubic: start dense from the teacher's weights
             return {k: torch.ones_like(p, dtype=torch.bool) for k, p in maskable_parameters(self.student).items()}
-        kw = {"seed": cfg.seed, "scored_positions": cfg.scored_positions}
+        kw = {"seed": cfg.seed, "scored_positions": cfg.scored_positions, "image_size": self.data.image_size}
         if cfg.sparse_init in ("SNIP", "GraSP"):
             kw["batches"] = self._score_batches()
         return init_masks(self.student, cfg.density, cfg.sparse_init, **kw)
@@ -198,6 +232,14 @@ class DistillRun:
     @property
     def masks(self) -> dict:
         return get_masks(self.student)
+
+    @property
+    def record(self) -> dict[str, str]:
+        """What this run tapped and which masked layers it keeps dense, as text (MLflow params and tags,
+        the checkpoint): the taps resolved to zoo indices or module names."""
+        return {"student_taps": ",".join(map(str, self.student_taps)),
+                "teacher_taps": ",".join(map(str, self.teacher_taps)),
+                "dense_layers": ",".join(k.removesuffix(".weight") for k, m in self.masks.items() if bool(m.all()))}
 
     def measured_density(self) -> float:
         """The fraction of maskable weights the masks keep now (what a run reports as `density`)."""
@@ -227,20 +269,20 @@ class DistillRun:
         if cached is not None:
             rows = idx.cpu()
             return (cached["logits"][rows].to(self.device, torch.float32),
-                    [cached[f"stage{i}"][rows].to(self.device, torch.float32) for i in range(len(self._distilled_stages()))])
+                    [cached[f"stage{i}"][rows].to(self.device, torch.float32)
+                     for i in range(len(self._distilled(self.teacher_taps)))])
         with torch.inference_mode():
-            t_logits, t_feats = self.teacher_forward(x, return_features=True)
+            t_logits, t_feats = forward_taps(self.teacher, x, self._distilled(self.teacher_taps), call=self.teacher_forward)
         # Inference tensors cannot be saved for backward; the fp16 round trip makes ordinary constants.
-        return (t_logits.float().half().float(),
-                [t_feats[i].float().half().float() for i in self._distilled_stages()])
+        return t_logits.float().half().float(), [f.float().half().float() for f in t_feats]
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor, t_logits=None, t_feats=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """The weighted total, its named parts and the student logits: the method's own loss
         (trainables/methods) over the student's distilled maps, each through its connector."""
-        logits, feats = self.student_forward(x, return_features=True)
+        distilled = self._distilled(self.student_taps) if t_feats is not None else []
+        logits, s_feats = forward_taps(self.student, x, distilled, call=self.student_forward)
         pairs = []
         if t_feats is not None:
-            s_feats = [feats[i] for i in self._distilled_stages()]
             if self.method.connectors:
                 s_feats = [self.connectors[j](f_s) for j, f_s in enumerate(s_feats)]
             pairs = list(zip(s_feats, t_feats))
@@ -302,24 +344,8 @@ class DistillRun:
                 "train": (self.data.train_x, self.data.train_y)}[split]
         if len(x) == 0:
             raise ValueError(f"the {split} split is empty")
-        model = model or self.student
-        if self.channels_last:  # the layout of the batches below, as in training
-            model.to(memory_format=torch.channels_last)
-        was_training = model.training
-        model.eval()
-        loader = DeviceLoader(x, y, 500, self.data.mean, self.data.std, self.device, train=False,
-                              channels_last=self.channels_last)
-        top1 = top5 = loss = 0.0
-        for xb, yb in loader:
-            with autocast(self.device, self.precision):
-                logits = model(xb).float()
-            loss += F.cross_entropy(logits, yb, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            top1 += (top[:, 0] == yb).sum().item()
-            top5 += (top == yb[:, None]).any(dim=1).sum().item()
-        model.train(was_training)
-        n = len(y)
-        return {"acc": 100.0 * top1 / n, "acc5": 100.0 * top5 / n, "loss": loss / n}
+        return evaluate_model(model or self.student, x, y, self.data.mean, self.data.std, self.device, self.precision,
+                              self.channels_last)
 
     def step(self, split: str = "val", on_batch: Callable[[], None] | None = None) -> dict:
         """train_epoch + evaluate(split), with the best epoch so far tracked."""
@@ -349,8 +375,9 @@ class DistillRun:
         images of `split`, per-layer densities and the density by epoch."""
         x = self.data.val_x if split == "val" else self.data.test_x
         cfg = self.cfg
+        taps = (self.student_taps[-1], self.teacher_taps[-1] if self.teacher_taps else None)
         out, self._teacher_maps = attention_probe(self.student, self.teacher, x, self.data.mean, self.data.std,
-                                                  cfg.fg_size, cfg.feature_stages[-1], self.device, self._teacher_maps)
+                                                  cfg.fg_cells, taps, self.device, self._teacher_maps)
         out.update(epoch=self.epoch, split=split, student_arch=cfg.student,
                    teacher_arch=cfg.teacher_arch if self.teacher is not None else "", method=cfg.method,
                    target_density=float(cfg.density), prune_schedule=cfg.prune_schedule,
@@ -384,6 +411,7 @@ class DistillRun:
             "precision": self.precision,
             "first_loss": self.first_loss,
             "preprocessing": self.preprocessing,
+            "record": self.record,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
 

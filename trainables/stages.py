@@ -1,40 +1,45 @@
-"""The stage maps of a model (their shapes, probed with one dummy forward) and the check that a config's
-distilled stages fit them (docs/method.md, Losses): used by the space validator and by every run,
+"""The maps a run distils (resolved taps and their shapes, probed with one dummy forward) and the check
+that a config's taps fit them (docs/method.md, Losses): used by the space validator and by every run,
 without the training loop."""
-import functools
-
-import torch
-
 from trainables.config import ConfigError, DistillConfig
 from trainables.methods import get_method
-from trainables.models import create_model
+from trainables.models.sources import ModelSourceError
+from trainables.models.taps import TapError, tap_shapes
 
 
-@functools.lru_cache(maxsize=64)
-def stage_shapes(arch: str, num_classes: int, image_size: int) -> list[tuple[int, int, int]]:
-    """C x H x W of every stage map of `arch` for square inputs of `image_size`."""
-    # Building a model draws its initial weights; the global RNG must not notice (a run's seed would
-    # otherwise give a different student depending on whether this cache was warm).
-    with torch.random.fork_rng(devices=[]):
-        model = create_model(arch, num_classes).eval()
-    with torch.no_grad():
-        _, feats = model(torch.zeros(1, 3, image_size, image_size), return_features=True)
-    return [tuple(f.shape[1:]) for f in feats]
+def distilled_maps(cfg: DistillConfig, num_classes: int, image_size: int,
+                   with_teacher: bool = True) -> tuple[tuple, tuple, tuple, tuple]:
+    """(student taps, their C x H x W, teacher taps, theirs): -1 resolved to a module name on a model
+    outside the zoo. A tap that names no module is a ConfigError (one line, the closest names)."""
+    s_taps, s_shapes = _taps_of("student", cfg.student, cfg.feature_stages, "feature_stages", num_classes, image_size)
+    t_taps, t_shapes = ((), ())
+    if with_teacher:
+        key = "teacher_feature_stages" if cfg.teacher_feature_stages else "feature_stages"
+        t_taps, t_shapes = _taps_of("teacher_arch", cfg.teacher_arch, cfg.teacher_taps, key, num_classes, image_size)
+    return s_taps, s_shapes, t_taps, t_shapes
 
 
 def check_feature_config(cfg: DistillConfig, num_classes: int, image_size: int) -> None:
-    """feature_stages (and what the method needs of them) must fit the distilled maps; checked before
-    anything trains."""
+    """The taps (and what the method needs of them) must fit the distilled maps; checked before anything
+    trains."""
     method = get_method(cfg.method)
     if not cfg.uses_teacher or not method.distils_stages:
         return
-    s_shapes = stage_shapes(cfg.student, num_classes, image_size)
-    t_shapes = stage_shapes(cfg.teacher_arch, num_classes, image_size)
-    for idx in cfg.feature_stages:
-        if not (-len(s_shapes) <= idx < len(s_shapes) and -len(t_shapes) <= idx < len(t_shapes)):
-            raise ConfigError(f"feature_stages: stage {idx} does not exist; {cfg.student} has {len(s_shapes)} stages")
+    s_taps, s_shapes, t_taps, t_shapes = distilled_maps(cfg, num_classes, image_size)
+    for s_tap, s, t in zip(s_taps, s_shapes, t_shapes):
         try:
-            method.check_stage(cfg, min(s_shapes[idx][1], t_shapes[idx][1]), min(s_shapes[idx][2], t_shapes[idx][2]),
-                               f"student {cfg.student}, stage {idx}")
+            method.check_stage(cfg, min(s[1], t[1]), min(s[2], t[2]), f"student {cfg.student}, tap {s_tap}")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def _taps_of(model_key: str, arch: str, stages: list, key: str, num_classes: int,
+             image_size: int) -> tuple[tuple, tuple]:
+    try:
+        return tap_shapes(arch, tuple(stages), num_classes, image_size)
+    except ModelSourceError as e:  # the model itself cannot be built (a user factory that returns no module)
+        raise ConfigError(f"{model_key}: {e}") from None
+    except TapError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    except IndexError:
+        raise ConfigError(f"{key}: a stage of {list(stages)} does not exist in {arch}") from None

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from trainables.data.augment import VIEW_PAD, normalize, view_batch, view_params
 
@@ -82,10 +81,11 @@ class TeacherCache:
         return lock
 
     @torch.inference_mode()
-    def fill(self, view: int, teacher: nn.Module, images: torch.Tensor, mean, std, stages: list[int],
+    def fill(self, view: int, teacher_maps, images: torch.Tensor, mean, std,
              batch: int = 500, autocast=contextlib.nullcontext, channels_last: bool = False) -> dict[str, torch.Tensor] | None:
         """Compute and publish a view unless it exists or another trial is computing it right now
-        (then None: the caller runs the teacher on the fly for this epoch)."""
+        (then None: the caller runs the teacher on the fly for this epoch). `teacher_maps(x)` gives the
+        teacher's (logits, [map at each distilled tap])."""
         if view >= self.cached_views:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -105,10 +105,10 @@ class TeacherCache:
                 if channels_last:  # the layout the training loop feeds the teacher, so the same numbers
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():
-                    logits, feats = teacher(x, return_features=True)
+                    logits, feats = teacher_maps(x)
                 parts["logits"][start:start + len(idx)] = logits.float().cpu().half()
-                for i, s in enumerate(stages):
-                    parts[f"stage{i}"][start:start + len(idx)] = feats[s].float().cpu().half()
+                for i, f in enumerate(feats):
+                    parts[f"stage{i}"][start:start + len(idx)] = f.float().cpu().half()
             for part, t in parts.items():
                 tmp = self._file(view, part).with_suffix(f".{part}.tmp{os.getpid()}")
                 t.numpy().tofile(tmp)
@@ -125,11 +125,13 @@ def default_cache_root() -> Path:
     return Path(base) / "teacher-outputs"
 
 
-def open_teacher_cache(cfg, teacher_digest: str, data, stage_shapes: list, logit_dim: int) -> TeacherCache:
+def open_teacher_cache(cfg, teacher_digest: str, data, taps: list, stage_shapes: list, logit_dim: int) -> TeacherCache:
     """The cache of this run's teacher (the sha1 of its file), exact training images (set and order),
-    seed and distilled stages."""
+    seed and distilled taps (the teacher's, resolved: zoo indices or module names)."""
     identity = {"teacher": teacher_digest, "train_images": data.train_digest, "seed": cfg.seed,
-                "augment": {"crop_pad": VIEW_PAD, "flip": True}, "stages": list(cfg.feature_stages), "format": 2}
+                "augment": {"crop_pad": VIEW_PAD, "flip": True}, "stages": list(taps), "format": 2}
+    if cfg.mean is not None or cfg.std is not None:  # other inputs, other teacher outputs
+        identity["normalise"] = [list(data.mean), list(data.std)]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()
     views = cfg.epochs if cfg.cache_views is None else min(cfg.cache_views, cfg.epochs)
     return TeacherCache(root, identity, cfg.seed, len(data.train_x), logit_dim, stage_shapes, views,

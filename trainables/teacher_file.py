@@ -1,6 +1,10 @@
-"""Teacher files: written by `tuner.teacher`, or RepDistiller-style `{'model': state_dict}` files."""
+"""Weight files, read by one reader (docs/models.md, Weights): the project's teacher file (written by
+`tuner.teacher`), a bare state_dict, a `{'model' | 'state_dict': ...}` checkpoint (RepDistiller's,
+torchvision's references) or a `.safetensors` file. Nothing is unpickled beyond tensors: `torch.load`
+runs with `weights_only=True`, and safetensors holds tensors only."""
 import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,26 +32,52 @@ def save_teacher(path, model: nn.Module, arch: str, dataset: str, num_classes: i
     return path
 
 
-def read_teacher_file(path) -> dict:
+def _is_safetensors(data: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then that many bytes of JSON."""
+    if len(data) < 10 or data[8:9] != b"{":
+        return False
+    return int.from_bytes(data[:8], "little") <= len(data) - 8
+
+
+def read_teacher_file(path, what: str = "teacher file") -> dict:
     """The file (a path, or its bytes) as a dict with at least `state_dict`; arch/num_classes/test_acc
     when recorded."""
     if isinstance(path, bytes):
-        source, path = io.BytesIO(path), "(sent by the search driver)"
+        data, path = path, "(sent by the search driver)"
     else:
-        source = path = Path(path)
+        path = Path(path)
         if not path.is_file():
-            raise TeacherError(f"teacher file {path} does not exist")
+            raise TeacherError(f"{what} {path} does not exist")
+        data = path.read_bytes()
+    if _is_safetensors(data) or str(path).endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            state = load_safetensors(data)
+        except (SafetensorError, ValueError, OSError) as e:
+            raise TeacherError(f"{what} {path} cannot be read as safetensors ({str(e).splitlines()[0][:200]})") from None
+        if not _is_state_dict(state):
+            raise TeacherError(f"{what} {path} holds no tensors")
+        return {"state_dict": {k.removeprefix("module."): v for k, v in state.items()}}
     try:
-        blob = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol is not the user's concern
+            warnings.simplefilter("ignore")
+            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise TeacherError(f"teacher file {path} cannot be read as a PyTorch checkpoint ({type(e).__name__})") from None
+        # weights_only refuses any object but tensors and containers: a pickle that would run code on load
+        # ends here without running it.
+        reason = ("it holds Python objects other than tensors, which are never unpickled"
+                  if "Weights only load failed" in str(e) else type(e).__name__)
+        raise TeacherError(f"{what} {path} cannot be read as a PyTorch checkpoint ({reason})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         if not _is_state_dict(blob.get("state_dict")):  # the format's name is no proof of its content
-            raise TeacherError(f"teacher file {path} says it is {FORMAT} but holds no state_dict of tensors")
+            raise TeacherError(f"{what} {path} says it is {FORMAT} but holds no state_dict of tensors")
         return blob
     state = blob.get("model", blob.get("state_dict", blob)) if isinstance(blob, dict) else None
     if not _is_state_dict(state):
-        raise TeacherError(f"teacher file {path} holds no state_dict (expected {{'model': state_dict}} or a state_dict)")
+        raise TeacherError(f"{what} {path} holds no state_dict (expected a state_dict, {{'model': state_dict}}, "
+                           f"{{'state_dict': ...}} or a .safetensors file)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {"state_dict": state}
 
@@ -75,15 +105,15 @@ def check_never_saw_validation(info: dict, path, dataset: str, split_seed: int, 
     return None
 
 
-def check_worth_distilling(info: dict, name: str, num_classes: int) -> None:
-    """Raise TeacherError when a teacher's recorded test accuracy is under twice chance: every student
-    distilled from it would learn noise (files that record no accuracy are not judged)."""
+def check_worth_distilling(info: dict, name: str, num_classes: int, split: str = "test") -> None:
+    """Raise TeacherError when a teacher's accuracy (recorded on the test split, or measured on `split`) is
+    under twice chance: every student distilled from it would learn noise."""
     acc = info.get("test_acc")
     chance = 100.0 / num_classes
     if acc is None or acc >= 2 * chance:
         return
     raise TeacherError(
-        f"teacher {name} has test top-1 {acc:.2f}%, not clearly above chance ({chance:.2f}% for {num_classes} "
+        f"teacher {name} has {split} top-1 {acc:.2f}%, not clearly above chance ({chance:.2f}% for {num_classes} "
         f"classes); give it more teacher_epochs (--set teacher_epochs=N; --epochs caps an auto teacher) or a "
         f"trained teacher file (python -m tuner.teacher, then --set teacher=FILE)")
 
@@ -116,12 +146,56 @@ def load_teacher(path, arch: str, num_classes: int, device="cpu", image_size: in
             raise TeacherError(f"teacher file {path} has weights that are not finite (nan or inf in {name}); "
                                f"a diverged training wrote it")
     model = create_model(arch, num_classes)
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise TeacherError(f"teacher file {path} does not fit {arch} with {num_classes} classes: {first}") from None
+    load_strict(model, blob["state_dict"], f"teacher file {path}", f"{arch} with {num_classes} classes")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+def mismatch(model: nn.Module, state: dict, skip: tuple = ()) -> str | None:
+    """The first key of `state` that does not fit `model` (missing, unexpected, or of another shape), said
+    in a few words, or None when every key fits. Keys under `skip` (prefixes) are not judged."""
+    own = model.state_dict()
+    judged = [k for k in own if not k.startswith(skip)]
+    for k in judged:
+        if k not in state:
+            return f"missing key {k!r}"
+    for k, v in state.items():
+        if k.startswith(skip):
+            continue
+        if k not in own:
+            return f"unexpected key {k!r}"
+        if tuple(v.shape) != tuple(own[k].shape):
+            return f"{k!r} is {tuple(v.shape)}, the model's is {tuple(own[k].shape)}"
+    return None
+
+
+def load_strict(model: nn.Module, state: dict, what: str, fits: str) -> None:
+    """load_state_dict, strict, with one line naming the first key that does not fit."""
+    first = mismatch(model, state)
+    if first is not None:
+        raise TeacherError(f"{what} does not fit {fits}: {first}")
+    model.load_state_dict(state)
+
+
+def load_student_weights(model: nn.Module, path, classifier: str, num_classes: int) -> str | None:
+    """Initialise a student from a weight file before its masks are drawn. A classifier of another class
+    count is left at its fresh initialisation; returns the line that says so (else None). Any other key
+    that does not fit is one line naming it."""
+    blob = read_teacher_file(path, what="student_weights")
+    state = blob["state_dict"]
+    prefix = classifier.removesuffix("weight")  # 'fc.' or 'classifier.3.'
+    own = model.state_dict()
+    head = [k for k in own if k.startswith(prefix)]
+    head_fits = all(k in state and tuple(state[k].shape) == tuple(own[k].shape) for k in head)
+    first = mismatch(model, state, skip=() if head_fits else (prefix,))
+    if first is not None:
+        raise TeacherError(f"student_weights {path} does not fit {getattr(model, 'arch', 'the student')}: {first}")
+    if head_fits:
+        model.load_state_dict(state)
+        return None
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)}, strict=False)
+    shape = tuple(state[classifier].shape) if classifier in state else "absent"
+    return (f"student_weights {path}: its classifier {prefix.rstrip('.')} is {shape}, not {num_classes} classes; "
+            f"it starts freshly initialised, every other layer from the file")

@@ -78,8 +78,16 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run(trial)
-        if trial.trial_id not in self.last and "precision" in result:  # the first result this process sees
+        previous = self.last.get(trial.trial_id)
+        if previous is None and "precision" in result:  # the first result this process sees
             self.tracker.log_params(run_id, {"precision_used": result["precision"]})
+        if previous is None and "student_taps" in result:
+            self.tracker.log_params(run_id, {"taps_student": result["student_taps"],
+                                             "taps_teacher": result.get("teacher_taps", "")})
+        if "dense_layers" in result and (previous or {}).get("dense_layers") != result["dense_layers"]:
+            # a tag, not a param: iterative pruning starts dense, so the set changes as the run prunes
+            dense = result["dense_layers"] or "(none)"
+            self.tracker.set_tags(run_id, {"sfkd.dense_layers": dense if len(dense) <= 5000 else dense[:4990] + ",..."})
         self.last[trial.trial_id] = result
         self.tracker.log_epoch(run_id, numeric_metrics(result), int(result.get("epoch", 0)))
         if result.get("status") == "diverged":

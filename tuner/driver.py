@@ -15,6 +15,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from trainables import SFKDTrainable
 from trainables.config import DistillConfig
 from trainables.inputs import SPLIT_KEYS, TrialInputs, load_run_splits, split_args, splits_bytes
+from trainables.models.sources import file_slug
 from trainables.ray_trainable import CHECKPOINT_FILE
 from trainables.sparsity.sparse_checkpoint import read_header
 from trainables.teacher_file import check_worth_distilling, read_teacher_file
@@ -61,7 +62,7 @@ def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> tuple[Pa
                   val_fraction=base.val_fraction, synthetic_classes=base.synthetic_classes, image_size=base.image_size)
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
     key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    rel = f"teachers/{base.teacher_arch}-{base.dataset}-e{epochs}-train-{key}.pt"
+    rel = f"teachers/{file_slug(base.teacher_arch)}-{base.dataset}-e{epochs}-train-{key}.pt"
     path = storage.local_root / rel
     if path.exists() or storage.exists(rel):
         storage.fetch(rel, path)

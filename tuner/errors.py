@@ -1,6 +1,8 @@
 """The errors that are the user's input, not a bug: each becomes one line on stderr and exit status 2."""
 from trainables.config import ConfigError
 from trainables.data.sources import DataError
+from trainables.models.sources import ModelSourceError
+from trainables.models.taps import TapError
 from trainables.sparsity import SparsityError
 from trainables.teacher_file import TeacherError
 
@@ -9,7 +11,7 @@ class UsageError(ValueError):
     """Bad input found by the driver itself (a flag, a space file, a storage path)."""
 
 
-USER_ERRORS = (ConfigError, DataError, SparsityError, TeacherError, UsageError)
+USER_ERRORS = (ConfigError, DataError, ModelSourceError, SparsityError, TapError, TeacherError, UsageError)
 
 
 class ServiceError(RuntimeError):

@@ -62,7 +62,8 @@ def heatmap_figure(probes: list[tuple[str, dict]], path: Path) -> Path:
             _overlay(axes[r, c], p["images"][c], p[key][c] if key else None, fg or 0)
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     h = first["student"].shape[-1]
-    stage = "the last stage" if first["stage"] == -1 else f"stage {first['stage']}"
+    tap = first["stage"]
+    stage = ("the last stage" if tap == -1 else f"stage {tap}" if isinstance(tap, int) else f"module {tap}")
     fig.suptitle(f"Attention mean_c(F^2) of {stage} on {n} fixed {first.get('split', 'val')} images "
                  f"(each map scaled to its own max)\nwhite square = foreground ({first['fg_size']}x{first['fg_size']} "
                  f"of {h}x{h}); fg share = attention mass inside it, {first['area_share']:.2f} from area alone",

@@ -19,6 +19,7 @@ from tuner.errors import UsageError
 from tuner.figures import log_run_figures
 from tuner.mlflow_model import log_student_model
 from tuner.progress import epoch_postfix, training_bar
+from tuner.registered_teacher import resolve_registered_teacher
 from tuner.storage import is_uri
 from tuner.tracking import SearchTracker, check_tracking_store, normalise_uri
 
@@ -39,7 +40,7 @@ def load_config_file(path: Path, overrides: dict) -> DistillConfig:
     if "sparsity" in overrides:
         values.pop("density", None)
     values.update(overrides)
-    if values.get("teacher") not in (None, "auto", "none"):
+    if values.get("teacher") not in (None, "auto", "none") and not str(values["teacher"]).startswith("models:/"):
         values["teacher"] = str((path.parent / values["teacher"]).resolve())
     return DistillConfig.from_dict(values)
 
@@ -69,6 +70,10 @@ def main(argv=None) -> int:
 
     uri = normalise_uri(a.tracking_uri)
     check_tracking_store(uri)
+    if cfg.teacher.startswith("models:/"):  # a registered model as the teacher: read into a teacher file first
+        values = cfg.to_dict()
+        print(resolve_registered_teacher(values, uri), flush=True)
+        cfg = DistillConfig.from_dict(values)
     run = DistillRun(cfg, full_train=True)  # reads and checks the data and the teacher before anything is recorded
     note = teacher_budget_note(cfg, read_teacher_file(cfg.teacher) if cfg.uses_teacher else {})
     if note:

@@ -3,12 +3,14 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from tuner.cli import OneLineParser, parse_sets, quiet_libraries, run_cli
 from tuner.errors import ServiceError, UsageError
+from tuner.registered_teacher import resolve_registered_teacher
 from tuner.spaces import available_spaces, parse_space
 from tuner.storage import RunStorage, check_run_name, read_run_state
 from tuner.tracking import check_tracking_store, normalise_uri
@@ -97,13 +99,26 @@ def route_ray_logging(log_file: Path, loggers=("ray", "ray._private")) -> None:
         logger.propagate = False
 
 
-def init_ray(address: str | None, log_file: Path):
+def user_code_files(space) -> list[str]:
+    """The .py files of every module:FILE.py:FACTORY model the space names (fixed, searched or per arm):
+    a cluster's workers receive them through Ray's runtime_env (py_modules), since no node shares the
+    driver's disk."""
+    from trainables.models.sources import user_code_file
+
+    texts = json.dumps([space.config, space.params, space.arms], default=str)
+    specs = {m for m in re.findall(r'"(module:[^"]+)"', texts)}
+    return sorted({str(f) for f in map(user_code_file, specs) if f is not None and f.is_file()})
+
+
+def init_ray(address: str | None, log_file: Path, py_modules: list[str] | None = None):
     import ray
 
     route_ray_logging(log_file)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
         kw = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+        if py_modules:  # the user's model files, importable on every worker by their own names
+            kw["runtime_env"] = {"py_modules": list(py_modules)}
         try:
             ray.init(address=address, **kw) if address else ray.init(include_dashboard=False, **kw)
         except ConnectionError as e:
@@ -164,22 +179,54 @@ def preflight(space):
     from trainables.config import DistillConfig
     from trainables.data.splits import locate_data
     from trainables.inputs import load_run_splits
-    from trainables.teacher_file import check_never_saw_validation, check_worth_distilling, load_teacher
+    from trainables.teacher_file import TeacherError, check_never_saw_validation, check_worth_distilling, load_teacher
 
     cfg = DistillConfig.from_dict(space.config)
     if "dataset" in space.params or "data_dir" in space.params:
         return None
     kind, root = locate_data(cfg.dataset, cfg.data_dir, cfg.download)
     data = load_run_splits(cfg)
+    checked = data.normalised_as(cfg.mean, cfg.std)  # what the trials feed the models
     where = f" from {root}" if root else " (generated)"
     print(f"data: {cfg.dataset}{where}: {len(data.train_x):,} training / {len(data.val_x):,} validation / "
           f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}"
           f"{subset_rounding(cfg, data)}", flush=True)
+    from trainables.stages import check_feature_config
+
+    check_feature_config(cfg, data.num_classes, data.image_size)  # the taps, at the data's real image size
+    if cfg.student_weights:  # read and fitted once here, so a file that does not fit is one line now
+        from trainables.models import create_model
+        from trainables.sparsity.layers import layer_roles
+        from trainables.teacher_file import load_student_weights
+
+        student = create_model(cfg.student, data.num_classes)
+        note = load_student_weights(student, cfg.student_weights, layer_roles(student, data.image_size)["classifier"],
+                                    data.num_classes)
+        if note:
+            print(note, flush=True)
     if cfg.teacher in ("auto", "none") or "teacher" in space.params or "teacher_arch" in space.params:
         return data
-    _, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes,
-                           image_size=data.image_size)
-    check_worth_distilling(info, Path(cfg.teacher).name, data.num_classes)
+    teacher, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes,
+                                 image_size=data.image_size)
+    if info.get("test_acc") is None:  # a plain state_dict records nothing: measure it on this search's data
+        import torch
+
+        from trainables.run import evaluate_model
+
+        measured = evaluate_model(teacher, checked.val_x, checked.val_y, checked.mean, checked.std,
+                                  torch.device("cpu"))["acc"]
+        said = "the training images' own" if cfg.mean is None and cfg.std is None else "the config's"
+        print(f"teacher {Path(cfg.teacher).name}: validation top-1 {measured:.2f}% ({cfg.teacher_arch}, inputs "
+              f"normalised with {said} mean/std)", flush=True)
+        try:
+            check_worth_distilling({"test_acc": measured}, Path(cfg.teacher).name, data.num_classes, split="validation")
+        except TeacherError as e:
+            if cfg.mean is not None or cfg.std is not None:
+                raise
+            raise TeacherError(f"{e}; if it was trained with normalisation of its own (ImageNet's, for example), "
+                               f"give it as mean and std (--set mean=[...] --set std=[...])") from None
+    else:
+        check_worth_distilling(info, Path(cfg.teacher).name, data.num_classes)
     warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
     if warning:
         print(warning, file=sys.stderr)
@@ -202,8 +249,9 @@ def main(argv=None) -> int:
         # The resumed search is the one that was started: same space file and the same overrides.
         first = build_parser().parse_args(state["argv"])
         space = parse_space(state["space_file"], cli_overrides(first))
+        resolve_registered_teacher(space.config, normalise_uri(state["tracking_uri"]))
         first.tracking_uri, first.quiet = a.tracking_uri, a.quiet
-        ray = init_ray(a.address, storage.local(name) / "search.log")
+        ray = init_ray(a.address, storage.local(name) / "search.log", user_code_files(space))
         check_gpus(space, False, ray)
         from tuner.driver import run_search
 
@@ -218,11 +266,14 @@ def main(argv=None) -> int:
     for line in space.warnings:
         print(line, file=sys.stderr)
     check_tracking_store(normalise_uri(a.tracking_uri))  # before Ray starts or anything is written
+    said = resolve_registered_teacher(space.config, normalise_uri(a.tracking_uri))  # teacher: models:/NAME/VERSION
+    if said:
+        print(said, flush=True)
     data = preflight(space)
     storage = prepare_storage(a.storage_path)
     run_dir, name = claim_run_folder(storage, a.name, space.name)
     try:
-        ray = init_ray(a.address, run_dir / "search.log")
+        ray = init_ray(a.address, run_dir / "search.log", user_code_files(space))
         check_gpus(space, a.gpus_per_trial is not None, ray)
     except BaseException:
         storage.release(run_dir)  # nothing ran: leave no run folder behind (it was ours)

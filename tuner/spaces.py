@@ -135,7 +135,7 @@ def apply_overrides(raw: dict, overrides: dict) -> dict:
     return raw
 
 
-PATH_KEYS = ("data_dir", "cache_dir", "teacher")
+PATH_KEYS = ("data_dir", "cache_dir", "teacher", "student_weights")
 
 
 def resolve_paths(values: dict) -> None:
@@ -143,8 +143,14 @@ def resolve_paths(values: dict) -> None:
     made absolute here, before any trial starts in a folder of its own."""
     for key in PATH_KEYS:
         value = values.get(key)
-        if isinstance(value, str) and value not in ("auto", "none") and "://" not in value:
+        if isinstance(value, str) and value not in ("auto", "none") and "://" not in value and not value.startswith("models:/"):
             values[key] = str(Path(value).expanduser().resolve())
+    for key in ("student", "teacher_arch"):  # module:path/to/file.py:factory names a file too
+        value = values.get(key)
+        if isinstance(value, str) and value.startswith("module:"):
+            target, sep, factory = value.removeprefix("module:").rpartition(":")
+            if sep and target.endswith(".py"):
+                values[key] = f"module:{Path(target).expanduser().resolve()}:{factory}"
 
 
 def parse_space(name: str, overrides: dict | None = None) -> Space:

@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+from trainables.models.sources import file_slug
 from tuner.cli import OneLineParser, output_path, parse_sets, run_cli
 from tuner.teacher_training import TRAIN_ON, teacher_config, train_teacher
 
@@ -10,7 +11,8 @@ def main(argv=None) -> int:
     p = OneLineParser(prog="python -m tuner.teacher", description=(
         "Train a dense teacher with the project's training loop (CE only) and save it with its architecture, "
         "dataset, class count, training split and measured test accuracy."))
-    p.add_argument("--arch", required=True, help="model name, e.g. resnet56, wrn_40_2, vgg13")
+    p.add_argument("--arch", required=True, help="model: a zoo name (resnet56, wrn_40_2, vgg13), torchvision:NAME, "
+                                                 "timm:NAME or module:FILE.py:FACTORY")
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagefolder or synthetic")
     p.add_argument("--data-dir", help="folder with the data (ImageFolder tree, torchvision files or a .tar.gz)")
     p.add_argument("--epochs", type=int, default=240, help="training epochs (default 240)")
@@ -25,7 +27,7 @@ def main(argv=None) -> int:
     if a.data_dir:
         overrides["data_dir"] = str(Path(a.data_dir).resolve())
     cfg = teacher_config(a.arch, a.dataset, a.epochs, seed=a.seed, **overrides)
-    out = output_path("--out", a.out or f"teachers/{a.arch}-{a.dataset}.pt")
+    out = output_path("--out", a.out or f"teachers/{file_slug(a.arch)}-{a.dataset}.pt")
     path, acc = train_teacher(cfg, out, train_on=a.train_on)
     print(f"teacher {a.arch} on {a.dataset} ({a.train_on}): test top-1 {acc:.2f}% -> {path}")
     return 0

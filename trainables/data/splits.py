@@ -1,4 +1,5 @@
 """One place that turns a dataset name into train / val / test uint8 tensors."""
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -36,6 +37,14 @@ class DataSplits:
     mean: tuple
     std: tuple
     classes: tuple = ()  # class names in label order: what a user of the trained model reads outputs by
+
+    def normalised_as(self, mean=None, std=None) -> "DataSplits":
+        """These splits with the per-channel mean/std a config gives (a model trained with normalisation
+        of its own, such as ImageNet's); None keeps the statistics of the training images."""
+        if mean is None and std is None:
+            return self
+        return dataclasses.replace(self, mean=tuple(float(v) for v in (mean if mean is not None else self.mean)),
+                                   std=tuple(float(v) for v in (std if std is not None else self.std)))
 
     @property
     def image_size(self) -> int:

@@ -7,7 +7,7 @@ from trainables.methods.sfkd import SparsityFriendlyKD
 class FitNet(SparsityFriendlyKD):
     name = "fitnet"
 
-    def fg_size(self, cfg) -> int:
+    def fg_size(self, cfg, height: int, width: int) -> int:
         return 0
 
     def check_stage(self, cfg, height, width, where):

@@ -11,21 +11,22 @@ class SparsityFriendlyKD(Method):
     connectors = True
     parts = ("ce", "kd", "fg", "bg")
 
-    def fg_size(self, cfg) -> int:
-        return cfg.fg_size
+    def fg_size(self, cfg, height: int, width: int) -> int:
+        return cfg.fg_cells(height, width)
 
     def resolve(self, cfg) -> None:
         pass  # gamma and bg_weight are this method's own
 
     def check_stage(self, cfg, height, width, where):
         try:
-            check_fg_size(self.fg_size(cfg), height, width)
+            check_fg_size(self.fg_size(cfg, height, width), height, width)
         except ValueError as e:
             raise ValueError(f"fg_size: {e} ({where})") from None
 
     def losses(self, cfg, logits, y, t_logits, pairs):
         total, parts = logit_terms(cfg, logits, y, t_logits)
-        fg_bg = [sfkd_parts(*match_spatial(f_s, f_t), self.fg_size(cfg), cfg.sfkd_norm) for f_s, f_t in pairs]
+        fg_bg = [sfkd_parts(s, t, self.fg_size(cfg, *s.shape[-2:]), cfg.sfkd_norm)
+                 for s, t in (match_spatial(f_s, f_t) for f_s, f_t in pairs)]
         if fg_bg:
             parts["fg"], parts["bg"] = summed(fg for fg, _ in fg_bg), summed(bg for _, bg in fg_bg)
             total = total + cfg.gamma * (parts["fg"] + cfg.bg_weight * parts["bg"])

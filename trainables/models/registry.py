@@ -1,4 +1,3 @@
-import difflib
 from typing import Callable
 
 import torch.nn as nn
@@ -16,13 +15,13 @@ def model_names() -> list[str]:
 
 
 def create_model(name: str, num_classes: int) -> nn.Module:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), model_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (expected one of {', '.join(model_names())})")
+    """The model `name` names: a zoo name, or a source of trainables/models/sources.py
+    (`torchvision:NAME`, `timm:NAME`, `module:FILE_OR_MODULE:FACTORY`)."""
+    from trainables.models.sources import build_model
+
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    model = _REGISTRY[name](num_classes=int(num_classes))
+    model = build_model(name, int(num_classes))
     model.arch = name
     model.num_classes = int(num_classes)
     return model

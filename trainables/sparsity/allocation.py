@@ -32,10 +32,11 @@ def _rigl(shapes: dict[str, torch.Size], density: float, with_kernel: bool) -> d
     return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
 
 
-def _uniform_plus(shapes: dict[str, torch.Size], density: float) -> dict[str, float]:
-    """First layer dense, classifier at least 0.2, the rest uniform so the global count holds."""
+def _uniform_plus(shapes: dict[str, torch.Size], density: float, roles: dict | None = None) -> dict[str, float]:
+    """First layer dense, classifier at least 0.2, the rest uniform so the global count holds. `roles`
+    names the two (sparsity.layers.layer_roles); without it they are the first and last layers given."""
     names = list(shapes)
-    first, last = names[0], names[-1]
+    first, last = (roles["input"], roles["classifier"]) if roles else (names[0], names[-1])
     numel = {k: s.numel() for k, s in shapes.items()}
     target = density * sum(numel.values())
     rest = [k for k in names if k != first]
@@ -55,11 +56,12 @@ def _uniform_plus(shapes: dict[str, torch.Size], density: float) -> dict[str, fl
     return out
 
 
-def allocate_layer_densities(shapes: dict[str, torch.Size], density: float, method: str) -> dict[str, float]:
+def allocate_layer_densities(shapes: dict[str, torch.Size], density: float, method: str,
+                             roles: dict | None = None) -> dict[str, float]:
     if method == "uniform":
         return {k: density for k in shapes}
     if method == "uniform+":
-        return _uniform_plus(shapes, density)
+        return _uniform_plus(shapes, density, roles)
     if method in ("ER", "ERK"):
         return _rigl(shapes, density, with_kernel=(method == "ERK"))
     raise SparsityError(f"{method} has no data-free layer allocation")

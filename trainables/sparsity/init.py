@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables.sparsity.allocation import INIT_METHODS, allocate_layer_densities, exact_counts
-from trainables.sparsity.layers import SparsityError, maskable_parameters
+from trainables.sparsity.layers import SparsityError, layer_roles, maskable_parameters
 
 
 def _density_in_range(density: float) -> float:
@@ -68,21 +68,70 @@ def _grasp_scores(model: nn.Module, params: dict[str, nn.Parameter], batches, te
         for acc, g in zip(g_sum, torch.autograd.grad(loss, weights)):
             acc += g
     hg_sum = [torch.zeros_like(w) for w in weights]
-    for x, y in batches:
-        loss = F.cross_entropy(model(x) / temperature, y)
-        grads = torch.autograd.grad(loss, weights, create_graph=True)
-        z = sum((g * g0.detach()).sum() for g, g0 in zip(grads, g_sum))
-        for acc, hg in zip(hg_sum, torch.autograd.grad(z, weights)):
-            acc += hg
-    model.train(was_training)
+    try:
+        with _twice_differentiable(model):
+            for x, y in batches:
+                loss = F.cross_entropy(model(x) / temperature, y)
+                grads = torch.autograd.grad(loss, weights, create_graph=True)
+                z = sum((g * g0.detach()).sum() for g, g0 in zip(grads, g_sum))
+                for acc, hg in zip(hg_sum, torch.autograd.grad(z, weights)):
+                    acc += hg
+    except RuntimeError as e:
+        if "not implemented" not in str(e):
+            raise
+        raise SparsityError(f"GraSP needs second derivatives, and {getattr(model, 'arch', 'this model')} runs an "
+                            f"operation PyTorch cannot differentiate twice ({str(e).splitlines()[0]}); use SNIP or "
+                            f"ERK for it") from None
+    finally:
+        model.train(was_training)
     return {k: params[k].detach() * hg for k, hg in zip(params, hg_sum)}
+
+
+class _HardSigmoid2(nn.Module):
+    """relu6(x + 3) / 6: nn.Hardsigmoid's values, written with ops that have a double backward."""
+
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+class _HardSwish2(nn.Module):
+    """x * relu6(x + 3) / 6: nn.Hardswish's values, written with ops that have a double backward."""
+
+    def forward(self, x):
+        return x * F.relu6(x + 3.0) / 6.0
+
+
+class _twice_differentiable:
+    """While GraSP scores, swap nn.Hardsigmoid / nn.Hardswish (MobileNetV3's; PyTorch has no double backward
+    for them) for the same functions in relu6, whose second derivative autograd takes as 0 away from the
+    kinks, as it does for ReLU. The model is put back as it was afterwards."""
+
+    SWAPS = {nn.Hardsigmoid: _HardSigmoid2, nn.Hardswish: _HardSwish2}
+
+    def __init__(self, model: nn.Module):
+        self.model, self.swapped = model, []
+
+    def __enter__(self):
+        for parent in self.model.modules():
+            for name, child in list(parent.named_children()):
+                swap = self.SWAPS.get(type(child))
+                if swap is not None:
+                    self.swapped.append((parent, name, child))
+                    setattr(parent, name, swap())
+        return self
+
+    def __exit__(self, *exc):
+        for parent, name, child in self.swapped:
+            setattr(parent, name, child)
+        return False
 
 
 def init_masks(model: nn.Module, density: float, method: str, **kw) -> dict[str, torch.Tensor]:
     """Boolean masks keyed by parameter name, keeping round(density * N) weights in all.
 
     kw: seed (int, default 0); batches ([(x, y), ...]) for SNIP/GraSP; scored_positions (bool,
-    default True): False re-draws random positions at the scored per-layer ratios.
+    default True): False re-draws random positions at the scored per-layer ratios; image_size (default
+    32) of the dummy forward that finds the input convolution and the classifier for uniform+.
     For `magnitude` the model must already hold the weights to prune (e.g. the teacher's).
     """
     density = _density_in_range(density)
@@ -94,7 +143,8 @@ def init_masks(model: nn.Module, density: float, method: str, **kw) -> dict[str,
     keep = round(density * sum(numel.values()))
     if method in ("uniform", "uniform+", "ER", "ERK"):
         shapes = {k: p.shape for k, p in params.items()}
-        counts = exact_counts(numel, allocate_layer_densities(shapes, density, method), density)
+        roles = layer_roles(model, int(kw.get("image_size", 32))) if method == "uniform+" else None
+        counts = exact_counts(numel, allocate_layer_densities(shapes, density, method, roles), density)
         return _random_masks(params, counts, seed)
     if method == "magnitude":
         scores = {k: p.detach().abs() for k, p in params.items()}
