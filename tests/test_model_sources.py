@@ -328,3 +328,25 @@ def test_sfkd_with_fg_fraction_splits_each_map_at_its_own_size():
     _, parts = get_method("sfkd").losses(cfg, logits, y, logits, [small, large])
     expect = [sfkd_parts(*small, 2), sfkd_parts(*large, 4)]  # half of 4 is 2 cells, half of 8 is 4
     assert torch.allclose(parts["fg"], expect[0][0] + expect[1][0]) and torch.allclose(parts["bg"], expect[0][1] + expect[1][1])
+
+
+def test_a_student_with_slow_batchnorm_statistics_has_them_recomputed_before_each_evaluation():
+    """torchvision's MobileNetV3 keeps BatchNorm statistics with momentum 0.01: auto recalibration is on
+    for it and off for the zoo (momentum 0.1, whose numbers stay as they were). Recomputing is a plain
+    average over fixed training images: the same twice, the momentum restored, the random stream intact."""
+    from trainables.run import DistillRun
+
+    base = dict(dataset="synthetic", synthetic_size=200, synthetic_classes=4, teacher="none", method="ft",
+                epochs=1, batch_size=50, density=0.5)
+    assert not DistillRun({**base, "student": "resnet8"}, device="cpu").bn_recalibrate
+    run = DistillRun({**base, "student": "torchvision:mobilenet_v3_small"}, device="cpu")
+    assert run.bn_recalibrate
+    bn = run.student.features[0][1]
+    rng = torch.get_rng_state()
+    run.recalibrate_batchnorm()
+    first = bn.running_mean.clone()
+    run.recalibrate_batchnorm()
+    assert torch.equal(bn.running_mean, first) and bn.momentum == 0.01 and torch.equal(torch.get_rng_state(), rng)
+    assert run.step()["bn_recalibrated"] == 1
+    off = DistillRun({**base, "student": "torchvision:mobilenet_v3_small", "bn_recalibrate": False}, device="cpu")
+    assert off.step()["bn_recalibrated"] == 0

@@ -25,6 +25,10 @@ NOT_RUN_HERE = {  # a command's start -> why this test does not run it
     "python -m tuner.heatmaps --runs": "needs run ids of your own search (tests/test_search.py runs it on real ids)",
     "python -m tuner.search --space smoke --resume": "needs an interrupted search (tests/test_reliability.py kills one)",
     "python -m tuner.sync --run-dir": "needs an MLflow outage (tests/test_reliability.py makes one)",
+    "python -m tuner.search --space mine.yaml": "the user's own data and resnet18 (tests/test_your_own_model.py runs "
+                                                "the same path)",
+    "python -m tuner.export --experiment mine": "follows the search above",
+    "python -m tuner.final --config mine-best.yaml": "follows the export above",
 }
 
 

@@ -44,6 +44,9 @@ class DistillConfig:
     synthetic_size: int = 2000
     synthetic_classes: int = 10
     image_size: int = 32
+    # Recompute the student's BatchNorm statistics on training images before each evaluation. None (auto):
+    # for students whose BatchNorm momentum is below 0.1 (torchvision's MobileNetV3 and EfficientNet use 0.01)
+    bn_recalibrate: bool | None = None
     # Per-channel input normalisation; None: the training images' own mean/std. A teacher trained with
     # another (ImageNet's: [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]) needs its own here.
     mean: list | None = None

@@ -125,6 +125,9 @@ class DistillRun:
             cfg, nc, self.data.image_size, with_teacher=self.teacher is not None)
         self.student_taps, self.teacher_taps = list(self.student_taps), list(self.teacher_taps)
         self.connectors = self._build_connectors(s_shapes, t_shapes)
+        momenta = [m.momentum for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.bn_recalibrate = (cfg.bn_recalibrate if cfg.bn_recalibrate is not None
+                               else any(m is not None and m < 0.1 for m in momenta))
         if self.channels_last:
             self.student.to(memory_format=torch.channels_last)
             if self.teacher is not None:
@@ -337,6 +340,38 @@ class DistillRun:
             metrics["diverged_reason"] = f"{reason} at epoch {self.epoch}"
         return metrics
 
+    RECALIBRATION_IMAGES = 1000
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self) -> None:
+        """The student's BatchNorm running statistics recomputed as the plain average over the first
+        RECALIBRATION_IMAGES training images (un-augmented), in training mode. A BatchNorm whose momentum
+        is 0.01 trails weights that change every step, and evaluation with those statistics collapses:
+        measured on mobilenet_v3_small at density 0.1, validation 10.0% (chance) after 8 epochs whose
+        training accuracy rose, 21% for the same weights after 3 epochs once recomputed. The random
+        stream (dropout) is left as it was, so training continues exactly as without it."""
+        norms = [m for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        was_training = self.student.training
+        self.student.train()
+        x = self.data.train_x[:self.RECALIBRATION_IMAGES]
+        mean, std = torch.tensor(self.data.mean), torch.tensor(self.data.std)
+        with torch.random.fork_rng(devices=[self.device] if self.cuda else []):
+            for i in range(0, len(x), self.cfg.batch_size):
+                xb = normalize(x[i:i + self.cfg.batch_size].to(self.device), mean, std)
+                if self.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.precision):
+                    self.student(xb)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        self.student.train(was_training)
+
     @torch.inference_mode()
     def evaluate(self, split: str = "val", model: nn.Module | None = None) -> dict:
         """Top-1 and top-5 accuracy (percent) and mean CE of the student (or `model`) on a split."""
@@ -351,6 +386,9 @@ class DistillRun:
         """train_epoch + evaluate(split), with the best epoch so far tracked."""
         metrics = self.train_epoch(on_batch)
         if not metrics["diverged"]:
+            if self.bn_recalibrate:
+                self.recalibrate_batchnorm()
+            metrics["bn_recalibrated"] = int(self.bn_recalibrate)
             ev = self.evaluate(split)
             metrics.update({f"{split}_acc": ev["acc"], f"{split}_acc5": ev["acc5"], f"{split}_loss": ev["loss"]})
             if ev["acc"] > self.best.get(f"best_{split}_acc", -1.0):
