@@ -309,7 +309,8 @@ def test_fg_fraction_gives_the_square_as_a_share_of_each_maps_side():
     """One space for 32 px and 224 px: the square's side is fg_fraction of the distilled map's shorter
     side, rounded, at least one cell; fg_size stays in cells; giving both is an error."""
     cfg = DistillConfig(fg_fraction=0.5)
-    assert cfg.fg_size is None and (cfg.fg_cells(8, 8), cfg.fg_cells(7, 7), cfg.fg_cells(2, 2), cfg.fg_cells(1, 1)) == (4, 4, 1, 1)
+    assert cfg.fg_size is None
+    assert (cfg.fg_cells(8, 8), cfg.fg_cells(7, 7), cfg.fg_cells(2, 2), cfg.fg_cells(1, 1)) == (4, 4, 1, 1)
     assert DistillConfig().fg_cells(8, 8) == 4 and DistillConfig(fg_size=2).fg_cells(16, 16) == 2
     with pytest.raises(ConfigError, match="give either fg_size .* or fg_fraction"):
         DistillConfig(fg_size=4, fg_fraction=0.5)
@@ -347,6 +348,16 @@ def test_a_student_with_slow_batchnorm_statistics_has_them_recomputed_before_eac
     first = bn.running_mean.clone()
     run.recalibrate_batchnorm()
     assert torch.equal(bn.running_mean, first) and bn.momentum == 0.01 and torch.equal(torch.get_rng_state(), rng)
+    import dataclasses
+
+    by_class = torch.argsort(run.data.train_y, stable=True)  # an ImageFolder split is stored class by class
+    sorted_data = dataclasses.replace(run.data, train_x=run.data.train_x[by_class], train_y=run.data.train_y[by_class])
+    real, run.data = run.data, sorted_data
+    run.RECALIBRATION_IMAGES = 20  # the first 20 images of that split are all of class 0
+    assert set(run.data.train_y[:20].tolist()) == {0}
+    rows = run.recalibration_rows()
+    assert set(run.data.train_y[rows].tolist()) == set(range(4)) and torch.equal(rows, run.recalibration_rows())
+    run.RECALIBRATION_IMAGES, run.data = DistillRun.RECALIBRATION_IMAGES, real
     assert run.step()["bn_recalibrated"] == 1
     off = DistillRun({**base, "student": "torchvision:mobilenet_v3_small", "bn_recalibrate": False}, device="cpu")
     assert off.step()["bn_recalibrated"] == 0

@@ -318,14 +318,18 @@ def test_a_final_run_during_an_outage_says_so_within_90_s_and_sync_completes_it(
             return exp and any("lr" in r.data.metrics for r in client.search_runs([exp.experiment_id]))
         _wait_for("the final run's first epoch in MLflow", training, proc)
         stop(server)
-        down_at = time.monotonic()
-        _, err = proc.communicate(timeout=300)
-        took = time.monotonic() - down_at
+        _, err = proc.communicate(timeout=600)
+        ended = time.time()
         assert proc.returncode == 1, err
         lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip() and not x.startswith("final resnet8:")]
         assert len(lines) == 1 and lines[0].startswith(f"error: the MLflow server at {uri} stopped answering"), err
-        assert "Traceback" not in err and took < 90 + 60, took  # its last epochs, then at most 60 s for the writes
+        assert "Traceback" not in err
         ops = _journal_ops(out / PENDING_FILE)
+        # The line comes within 90 s of training's end (at most 60 s waiting for the writes), measured from the
+        # last epoch's own timestamp in the journal: the epochs trained during the outage take as long as this
+        # machine needs, which is no part of the promise (on a loaded 2-core machine they took over 90 s).
+        trained_until = max(m[2] for op in ops if op["op"] == "log_batch" for m in op["metrics"]) / 1000
+        assert ended - trained_until < 90, ended - trained_until
         assert [op["op"] for op in ops][-2:] == ["register_model", "terminate"]
 
         r = subprocess.run([sys.executable, "-m", "tuner.sync", "--run-dir", str(out)], capture_output=True, text=True,

@@ -75,6 +75,8 @@ def main(argv=None) -> int:
         print(resolve_registered_teacher(values, uri), flush=True)
         cfg = DistillConfig.from_dict(values)
     run = DistillRun(cfg, full_train=True)  # reads and checks the data and the teacher before anything is recorded
+    for line in run.notes:  # e.g. student_weights whose classifier starts fresh
+        print(line, flush=True)
     note = teacher_budget_note(cfg, read_teacher_file(cfg.teacher) if cfg.uses_teacher else {})
     if note:
         print(note, flush=True)

@@ -22,9 +22,9 @@ def cache_root() -> Path:
 
 def resolve_registered_teacher(values: dict, tracking_uri: str) -> str | None:
     """Replace `teacher: models:/NAME/VERSION` in `values` by the path of a teacher file holding that
-    version's student (dense, its pruned weights zero), and `teacher_arch` by its architecture when it is
-    left at a zoo default that differs. Returns the line to print, or None when the teacher is no
-    registered model. Nothing is unpickled: the checkpoint is the project's sparse format."""
+    version's student (dense, its pruned weights zero), and `teacher_arch` by that student's architecture
+    (the registered model decides it; the line printed names it). Returns that line, or None when the
+    teacher is no registered model. Nothing is unpickled: the checkpoint is the project's sparse format."""
     source = values.get("teacher")
     if not is_registered(source):
         return None
@@ -69,9 +69,7 @@ def resolve_registered_teacher(values: dict, tracking_uri: str) -> str | None:
     from trainables.teacher_file import read_teacher_file
 
     arch = read_teacher_file(target)["arch"]
-    values["teacher"] = str(target)
-    if values.get("teacher_arch") != arch:
-        values["teacher_arch"] = arch
+    values["teacher"], values["teacher_arch"] = str(target), arch
     return f"teacher {source}: the {arch} of run {mv.run_id}, read into {target}"
 
 
