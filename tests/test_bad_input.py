@@ -274,6 +274,8 @@ RULE_2 = [
     ("zero-byte jpeg", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_zero"], "tree_zero/train/c1/z.jpg is empty"),
     ("text named .png", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_text"], "tree_text/train/c1/z.png cannot be decoded"),
     ("images of two sizes", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_sizes"], "tree_sizes/train/c1/z.png is 20x20"),
+    ("a tree too large to hold in memory", S + IMAGEFOLDER + ["--data-dir", "{r}/tree_sizes", "--set", "image_size=100000"],
+     "tree_sizes: its 13 images decoded at 100000x100000 take 390.0 GB in memory, over the limit of"),
     ("archive that is not gzip", S + IMAGEFOLDER + ["--data-dir", "{r}/notgzip.tar.gz"],
      "notgzip.tar.gz cannot be read as a .tar.gz"),
     ("archive cut off", S + IMAGEFOLDER + ["--data-dir", "{r}/cut.tar.gz"], "cut.tar.gz cannot be"),

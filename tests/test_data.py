@@ -1,10 +1,11 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from trainables.data import DeviceLoader, load_splits
 from trainables.data.augment import crop_flip, random_crop_flip_params
-from trainables.data.sources import make_synthetic, read_image_folder
+from trainables.data.sources import DataError, make_synthetic, read_image_folder
 from trainables.data.splits import stratified_split
 
 
@@ -148,3 +149,84 @@ def test_shipped_splits_go_to_runs_that_ask_for_exactly_them_and_to_a_teacher_wh
     assert inputs.data_for(teacher, train_only=True) is inputs.data  # same training and test images
     assert inputs.data_for(other) is None and inputs.data_for(other, train_only=True) is None
     assert torch.equal(load_run_splits(teacher).train_x, inputs.data.train_x)
+
+
+# Image sizes (docs/method.md, "Image sizes"): any size, mixed sizes fitted to image_size, augmentation
+# chosen by the size, a tree too large for memory refused before anything is decoded.
+
+def _banded_tree(root, sizes):
+    """train/ and test/ with classes a and b; image k of each class has size sizes[k] and three vertical
+    bands, red | green | blue, of equal width."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for k, (w, h) in enumerate(sizes):
+                im = Image.new("RGB", (w, h), (255, 0, 0))
+                im.paste((0, 255, 0), (w // 3, 0, 2 * w // 3, h))
+                im.paste((0, 0, 255), (2 * w // 3, 0, w, h))
+                im.save(root / split / c / f"{k}.png")
+    return root
+
+
+def test_images_of_mixed_sizes_are_refused_without_an_image_size_and_fitted_with_one(tmp_path):
+    root = _banded_tree(tmp_path, [(30, 10), (10, 10), (60, 20)])
+    with pytest.raises(DataError, match=r"differ in size .* set image_size: N to resize every image to N x N"):
+        load_splits("imagefolder", str(root))
+    s = load_splits("imagefolder", str(root), image_size=10, val_fraction=0.5)
+    assert s.image_size == 10 and s.train_x.shape[1:] == (3, 10, 10)
+    # A 30x10 image: the shorter side is already 10, so the centre 10x10 square is kept: the green band.
+    wide = s.test_x[0]
+    assert wide[1].min() == 255 and wide[0].max() == 0 and wide[2].max() == 0
+    # A 60x20 image is halved to 30x10 first, then cropped the same way (antialiasing blurs the band edges).
+    assert s.test_x[2][1, :, 2:8].float().mean() > 250 and s.test_x[2][0, :, 2:8].float().mean() < 5
+    assert (tmp_path / ".sfkd-train-v1-10px.pt").exists()  # a cache of its own per size
+
+
+def test_a_tree_too_large_for_memory_is_refused_with_its_decoded_size_and_the_limit(tmp_path, monkeypatch):
+    root = _banded_tree(tmp_path, [(30, 10), (30, 10)])  # 8 images
+    monkeypatch.setenv("SFKD_DATA_MAX_GB", "0.00001")  # 10 kB
+    # 8 images x 3 x 20 x 20 bytes = 9,600 bytes: fits; at 30 px, 21,600 bytes do not.
+    load_splits("imagefolder", str(root), image_size=20, val_fraction=0.5)
+    with pytest.raises(DataError, match=r"its 8 images decoded at 30x30 take 0.02 MB in memory, over the limit of "
+                                        r"0.01 MB .*SFKD_DATA_MAX_GB"):
+        load_splits("imagefolder", str(root), image_size=30)
+    assert not (tmp_path / ".sfkd-train-v1-30px.pt").exists()  # refused before anything was decoded
+
+
+def test_small_images_are_padded_and_cropped_and_large_ones_random_resized_cropped():
+    from trainables.data.augment import augment_batch
+
+    g = torch.Generator().manual_seed(0)
+    small = augment_batch(torch.full((64, 3, 64, 64), 200, dtype=torch.uint8), g)
+    large = augment_batch(torch.full((64, 3, 96, 96), 200, dtype=torch.uint8), g)
+    assert small.dtype == torch.uint8 and (small == 0).any()  # zero-padded borders shifted in
+    assert large.shape == (64, 3, 96, 96) and torch.allclose(large, torch.full_like(large, 200.0))  # no border
+
+
+def test_a_random_resized_crop_resamples_its_box_to_the_full_size_and_flips():
+    from trainables.data.augment import resized_crop_flip
+
+    # Pixel value = column index. Bilinear sampling reproduces a linear ramp exactly, so output column k
+    # of a box from column 10, 50 wide, resized to 100 reads the box at k's centre: 9.5 + (k + 0.5) * 0.5.
+    x = torch.arange(100, dtype=torch.float32).expand(1, 3, 100, 100).contiguous()
+    box = [torch.tensor([v]) for v in (20, 10, 40, 50)]  # top, left, height, width
+    out = resized_crop_flip(x, *box, torch.tensor([False]))
+    want = 9.5 + (torch.arange(100) + 0.5) * 0.5
+    assert torch.allclose(out[0, 0, 0], want, atol=1e-4) and torch.allclose(out[0, 2, 77], want, atol=1e-4)
+    flipped = resized_crop_flip(x, *box, torch.tensor([True]))
+    assert torch.allclose(flipped[0, 0, 0], want.flip(0), atol=1e-4)
+
+
+def test_random_resized_crop_draws_fit_the_image_follow_the_recipe_and_replay():
+    from trainables.data.augment import RRC_SCALE, view_params
+
+    top, left, h, w, flip = view_params(5000, seed=3, view=1, image_size=128)
+    assert ((top >= 0) & (left >= 0) & (top + h <= 128) & (left + w <= 128) & (h > 0) & (w > 0)).all()
+    area = (h * w).float() / 128 ** 2
+    assert area.min() >= RRC_SCALE[0] * 0.9 and area.max() <= 1.0  # rounding moves an area by a pixel or so
+    assert 0.4 < flip.float().mean() < 0.6
+    again = view_params(5000, seed=3, view=1, image_size=128)
+    assert all(torch.equal(a, b) for a, b in zip((top, left, h, w, flip), again))  # a function of (seed, view)
+    assert not torch.equal(view_params(5000, seed=3, view=2, image_size=128)[0], top)

@@ -43,11 +43,15 @@ def test_the_data_line_says_nothing_of_rounding_when_the_subset_is_exact(tmp_pat
     assert capsys.readouterr().out.strip().endswith("3 classes, 16x16")
 
 
-def test_an_export_of_real_data_leaves_out_the_generated_datas_image_size(tmp_path):
+def test_an_export_of_real_data_leaves_out_the_generated_datas_keys_and_keeps_its_image_size(tmp_path):
     real = yaml.safe_load(write_best_config(tmp_path / "real.yaml", {"dataset": "imagefolder", "data_dir": "/d/birds",
                                                                      "density": 0.5}).read_text())
-    assert "image_size" not in real and "synthetic_size" not in real and "synthetic_classes" not in real
+    assert "synthetic_size" not in real and "synthetic_classes" not in real
+    assert real["image_size"] is None  # the images' own size
     assert real["dataset"] == "imagefolder" and real["density"] == 0.5
+    resized = yaml.safe_load(write_best_config(tmp_path / "r.yaml", {"dataset": "imagefolder", "data_dir": "/d/birds",
+                                                                     "image_size": 84}).read_text())
+    assert resized["image_size"] == 84  # the final run fits the images to the size the search used
     generated = yaml.safe_load(write_best_config(tmp_path / "gen.yaml", {"dataset": "synthetic", "image_size": 24,
                                                                          "density": 0.5}).read_text())
     assert generated["image_size"] == 24 and generated["synthetic_classes"] == 10

@@ -149,3 +149,82 @@ def test_a_torchvision_teacher_the_user_has_distils_into_a_sparse_torchvision_st
     with torch.inference_mode():
         assert torch.allclose(teacher(x), torch.as_tensor(expected), atol=1e-5)
     assert info["registered_model"] == f"models:/{model_version.name}/{model_version.version}"
+
+
+USER_NET = '''
+import torch.nn as nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def build(num_classes):
+    return TinyNet(num_classes)
+'''
+
+
+@pytest.mark.slow
+def test_a_user_code_student_is_registered_with_its_code_and_exports_dense_without_the_users_file(tmp_path):
+    """The final run of a module:FILE.py student registers a model that predicts in a fresh process after
+    the user's file is gone (it travels as a code path), and tuner.checkpoint --dense writes a state_dict
+    the user's own class loads."""
+    import shutil
+
+    src = tmp_path / "elsewhere" / "my_net.py"
+    src.parent.mkdir()
+    src.write_text(USER_NET)
+    config = tmp_path / "final.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "synthetic", "synthetic_size": 200, "student": f"module:{src}:build",
+                                      "teacher": "none", "method": "ft", "epochs": 1, "density": 0.3,
+                                      "sparse_init": "ERK", "batch_size": 50}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = subprocess.run([sys.executable, "-m", "tuner.final", "--config", str(config), "--out", str(tmp_path / "final"),
+                        "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ckpt = next((tmp_path / "final").rglob("*.sfkd"))
+    r = subprocess.run([sys.executable, "-m", "tuner.checkpoint", str(ckpt), "--dense", str(tmp_path / "dense.pt")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    from trainables.models import create_model
+    from trainables.sparsity import load_sparse
+
+    state, masks, meta = load_sparse(ckpt)
+    student = create_model(meta["config"]["student"], 10)
+    student.load_state_dict(state)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = student.eval()(x)
+    # The user's own class, given the dense export: the same outputs, the pruned weights zero.
+    sys.path.insert(0, str(src.parent))
+    try:
+        import my_net
+
+        mine = my_net.build(10)
+        mine.load_state_dict(torch.load(tmp_path / "dense.pt", weights_only=True))
+    finally:
+        sys.path.remove(str(src.parent))
+        sys.modules.pop("my_net", None)
+    with torch.inference_mode():
+        assert torch.allclose(mine.eval()(x), expected, atol=1e-5)
+    assert int((mine.body[0].weight == 0).sum()) >= int((~masks["body.0.weight"].bool()).sum())
+
+    shutil.rmtree(src.parent)  # the user's file is gone; the registered model carries its own copy
+    torch.save(x, tmp_path / "x.pt")
+    probe = ("import mlflow, sys, torch\n"
+             f"mlflow.set_tracking_uri({uri!r})\n"
+             "(v,) = mlflow.MlflowClient().search_model_versions('')\n"
+             "m = mlflow.pyfunc.load_model(f'models:/{v.name}/{v.version}')\n"
+             f"out = m.predict(torch.load({str(tmp_path / 'x.pt')!r}).numpy())\n"
+             f"torch.save(torch.as_tensor(out), {str(tmp_path / 'out.pt')!r})\n")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert torch.allclose(torch.load(tmp_path / "out.pt"), expected, atol=1e-4)

@@ -14,9 +14,9 @@ from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.schedule import SCHEDULES
 
 SFKD_NORMS = ("map", "region")
-# Keys that shape generated data only: a run of real data ignores them (its image size and classes come
-# from the files), so an export of such a run leaves them out rather than state a size that is not the data's.
-SYNTHETIC_ONLY_KEYS = ("synthetic_size", "synthetic_classes", "image_size")
+# Keys that shape generated data only: a run of real data ignores them (its classes come from the files),
+# so an export of such a run leaves them out rather than state a count that is not the data's.
+SYNTHETIC_ONLY_KEYS = ("synthetic_size", "synthetic_classes")
 LR_SCHEDULES = ("multistep", "cosine")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 
@@ -43,7 +43,9 @@ class DistillConfig:
     val_subset: int | None = None
     synthetic_size: int = 2000
     synthetic_classes: int = 10
-    image_size: int = 32
+    # The side every image is fitted to (shorter side resized, centre square kept); None: the images' own
+    # size (32 for synthetic data). Augmentation follows it (docs/method.md, "Image sizes").
+    image_size: int | None = None
     # Recompute the student's BatchNorm statistics on training images before each evaluation. None (auto):
     # for students whose BatchNorm momentum is below 0.1 (torchvision's MobileNetV3 and EfficientNet use 0.01)
     bn_recalibrate: bool | None = None
@@ -188,8 +190,10 @@ class DistillConfig:
         _in_range("lr", self.lr, 0.0, float("inf"), lo_open=True)
         _in_range("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
         for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_per_class",
-                  "synthetic_size", "image_size"):
+                  "synthetic_size"):
             _in_range(k, getattr(self, k), 1, float("inf"))
+        if self.image_size is not None:
+            _in_range("image_size", self.image_size, 8, float("inf"))
         _in_range("synthetic_classes", self.synthetic_classes, 2, float("inf"))
         if self.fg_size is not None and self.fg_fraction is not None:
             raise ConfigError("give either fg_size (map cells) or fg_fraction (of the map's side), not both")

@@ -3,7 +3,7 @@ worker: the decoded data splits and the teacher file's bytes. A trial uses each 
 config asks for exactly that data and that teacher; otherwise it loads them itself, by path."""
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trainables.data import DataSplits, load_splits
 
@@ -31,8 +31,7 @@ def splits_bytes(data: DataSplits) -> int:
 class TrialInputs:
     data: DataSplits | None = None
     data_args: dict | None = None  # the split_args the data was loaded with
-    teacher_file: str | None = None  # the driver's path: the name trials' configs use for this teacher
-    teacher_bytes: bytes | None = None
+    teachers: dict = field(default_factory=dict)  # the driver's path (the name trials' configs use) -> the file's bytes
 
     def data_for(self, cfg, train_only: bool = False) -> DataSplits | None:
         """The shipped splits if `cfg` asks for exactly them; `train_only`: a run that reads only the
@@ -46,7 +45,7 @@ class TrialInputs:
         return self.data if json.dumps(want, sort_keys=True) == json.dumps(have, sort_keys=True) else None
 
     def teacher_for(self, cfg) -> bytes | None:
-        return self.teacher_bytes if self.teacher_file is not None and cfg.teacher == self.teacher_file else None
+        return self.teachers.get(cfg.teacher)
 
 
 def digest_bytes(blob: bytes) -> str:

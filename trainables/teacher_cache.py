@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.data.augment import VIEW_PAD, normalize, view_batch, view_params
+from trainables.data.augment import augment_identity, normalize, view_batch, view_params
 
 STALE_LOCK_S = 3600  # a lock older than this belonged to a trial that died while filling
 
@@ -96,7 +96,7 @@ class TeacherCache:
             done = self.load(view)
             if done is not None:
                 return done
-            params = view_params(self.n, self.seed, view)
+            params = view_params(self.n, self.seed, view, images.shape[-1])
             parts = {p: torch.empty((self.n, *s), dtype=torch.float16) for p, s in self.shapes.items()}
             dev = images.device
             for start in range(0, self.n, batch):
@@ -129,7 +129,7 @@ def open_teacher_cache(cfg, teacher_digest: str, data, taps: list, stage_shapes:
     """The cache of this run's teacher (the sha1 of its file), exact training images (set and order),
     seed and distilled taps (the teacher's, resolved: zoo indices or module names)."""
     identity = {"teacher": teacher_digest, "train_images": data.train_digest, "seed": cfg.seed,
-                "augment": {"crop_pad": VIEW_PAD, "flip": True}, "stages": list(taps), "format": 2}
+                "augment": augment_identity(data.image_size), "stages": list(taps), "format": 2}
     if cfg.mean is not None or cfg.std is not None:  # other inputs, other teacher outputs
         identity["normalise"] = [list(data.mean), list(data.std)]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()

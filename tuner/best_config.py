@@ -11,8 +11,8 @@ from trainables.config import SYNTHETIC_ONLY_KEYS, DistillConfig
 
 def write_best_config(path: Path, config: dict, **header) -> Path:
     """A complete, fixed config as YAML (its keys are config keys only) with provenance comments. The
-    keys of generated data (image_size, ...) are written only for synthetic data: of an ImageFolder or
-    CIFAR run they would state a size and class count that are not the data's."""
+    keys of generated data (synthetic_size, synthetic_classes) are written only for synthetic data: of an
+    ImageFolder or CIFAR run they would state a count that is not the data's."""
     cfg = DistillConfig.from_dict(config).to_dict()
     if cfg["dataset"] != "synthetic":
         cfg = {k: v for k, v in cfg.items() if k not in SYNTHETIC_ONLY_KEYS}

@@ -41,25 +41,46 @@ def code_version() -> str:
         return "unknown"
 
 
-def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> tuple[Path, float] | None:
-    """`teacher: auto` -> train the dense teacher once (cached by its recipe, in the storage) as a Ray
-    task and return (file, test top-1). A teacher too weak to distil from stops the search here,
-    before anything is recorded."""
+TEACHER_RECIPE_KEYS = ("teacher", "teacher_arch", "teacher_epochs", "dataset", "data_dir", "split_seed", "val_fraction",
+                       "train_subset", "synthetic_size", "synthetic_classes", "image_size", "batch_size", "bn_recalibrate")
+
+
+def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> list[tuple[Path, float]]:
+    """`teacher: auto` -> train each dense teacher once (cached by its recipe, in the storage) as a Ray
+    task and return [(file, test top-1)]: one teacher, or one per teacher recipe when study arms set
+    their own (a study of several teacher-student pairs), written into those arms. A teacher too weak to
+    distil from stops the search here, before anything is recorded."""
     cfg = space.config
-    if cfg.get("teacher", "auto") != "auto":
-        if cfg.get("teacher") != "none":
-            cfg["teacher"] = str(Path(cfg["teacher"]).expanduser().resolve())
-        return None
+    for values in [cfg, *space.arms.values()]:
+        if values.get("teacher", "auto") not in ("auto", "none"):
+            values["teacher"] = str(Path(values["teacher"]).expanduser().resolve())
+    own = [name for name, recipe in space.arms.items() if any(k in recipe for k in TEACHER_RECIPE_KEYS)]
+    if not own:
+        return [_auto_teacher(space, cfg, storage, inputs)] if cfg.get("teacher", "auto") == "auto" else []
+    teachers = {}  # recipe -> (file, test top-1): arms with the same teacher recipe share one teacher
+    for name, values in space.arm_configs().items():
+        if values.get("teacher", "auto") != "auto":
+            continue
+        recipe = json.dumps([values.get(k) for k in TEACHER_RECIPE_KEYS], default=str)
+        if recipe not in teachers:
+            teachers[recipe] = _auto_teacher(space, values, storage, inputs)
+        space.arms[name]["teacher"] = str(teachers[recipe][0])  # an arm key: no trial of this arm sees auto
+    return list(teachers.values())
+
+
+def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs) -> tuple[Path, float]:
     for key in ("teacher_arch", "teacher_epochs", "dataset", "split_seed", "val_fraction"):
         if key in space.params:
             raise ValueError(f"{key} must be fixed when teacher is auto")
-    base = DistillConfig.from_dict(cfg)
+    base = DistillConfig.from_dict(values)
     epochs = min(base.teacher_epochs, base.epochs)  # --epochs runs small, teacher included
     # The teacher of a search trains on the training split only (it never sees the validation images);
     # one teacher serves every seed of the search, so it takes its own seed, not the students'.
     recipe = dict(dataset=base.dataset, data_dir=base.data_dir, seed=0, batch_size=base.batch_size,
                   train_subset=base.train_subset, synthetic_size=base.synthetic_size, split_seed=base.split_seed,
                   val_fraction=base.val_fraction, synthetic_classes=base.synthetic_classes, image_size=base.image_size)
+    if base.bn_recalibrate is not None:  # evaluated under the same BatchNorm policy as its students
+        recipe["bn_recalibrate"] = base.bn_recalibrate
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
     key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     rel = f"teachers/{file_slug(base.teacher_arch)}-{base.dataset}-e{epochs}-train-{key}.pt"
@@ -74,7 +95,7 @@ def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> tuple[Pa
         storage.publish(path, rel)
         print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> "
               f"{storage.uri(rel)}", flush=True)
-    cfg["teacher"] = str(path)
+    values["teacher"] = str(path)
     check_worth_distilling({"test_acc": acc}, f"{base.teacher_arch} (auto, {epochs} epochs)",
                            read_teacher_file(path)["num_classes"])
     return path, acc
@@ -101,11 +122,14 @@ def ship_data(space, data=None) -> TrialInputs:
 
 
 def ship_teacher(space, inputs: TrialInputs) -> None:
-    """The teacher file's bytes go with the data, so no worker needs the file (study arms may differ
-    in method, so it goes whenever the search names one teacher file)."""
-    teacher = space.config.get("teacher", "auto")
-    if teacher not in ("auto", "none") and "teacher" not in space.params:
-        inputs.teacher_file, inputs.teacher_bytes = teacher, Path(teacher).read_bytes()
+    """The bytes of every teacher file the trials name go with the data, so no worker needs the files
+    (study arms may differ in method, so they go whenever the search names fixed teacher files)."""
+    if "teacher" in space.params:
+        return
+    for values in [space.config, *space.arms.values()]:
+        teacher = values.get("teacher", "auto")
+        if teacher not in ("auto", "none"):
+            inputs.teachers[teacher] = Path(teacher).read_bytes()
 
 
 def reuse_actors() -> bool:
@@ -214,9 +238,14 @@ def _search_recorded(space, storage: RunStorage, name: str, args, resume, state:
     if storage.remote:  # tuner.sync --run-dir reads it from this machine's folder of the run
         (run_dir / "search.json").write_text(json.dumps(state, indent=2))
     if teacher and not resume:
-        tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[1]}, step=0)
-        tracker.log_artifact(tracker.parent_id, str(teacher[0]), "teacher")
-        tracker.set_tags(tracker.parent_id, {"sfkd.teacher": teacher[0].name})
+        if len(teacher) == 1:
+            tracker.log_metrics(tracker.parent_id, {"teacher_test_acc": teacher[0][1]}, step=0)
+        else:  # one per teacher of a study of several pairs, named by its file
+            tracker.log_metrics(tracker.parent_id, {f"teacher_test_acc.{path.stem}": acc for path, acc in teacher},
+                                step=0)
+        for path, _ in teacher:
+            tracker.log_artifact(tracker.parent_id, str(path), "teacher")
+        tracker.set_tags(tracker.parent_id, {"sfkd.teacher": ",".join(path.name for path, _ in teacher)})
 
     s, sch = space.search, space.scheduler
     printer = TrialPrinter(sch["max_t"], s["metric"], s["mode"])

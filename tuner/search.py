@@ -193,7 +193,8 @@ def preflight(space):
           f"{subset_rounding(cfg, data)}", flush=True)
     from trainables.stages import check_feature_config
 
-    check_feature_config(cfg, data.num_classes, data.image_size)  # the taps, at the data's real image size
+    for values in space.arm_configs().values():  # the taps of every arm's pair, at the data's real image size
+        check_feature_config(DistillConfig.from_dict(values), data.num_classes, data.image_size)
     if cfg.student_weights:  # read and fitted once here, so a file that does not fit is one line now
         from trainables.models import create_model
         from trainables.sparsity.layers import layer_roles

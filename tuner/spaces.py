@@ -21,8 +21,9 @@ SEARCH_DEFAULTS = {"num_samples": 8, "metric": "val_acc", "mode": "max", "search
                    "max_concurrent": 2, "max_failures": 1, "keep_checkpoints": 2}
 SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
-# A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, or a grid key) against `reference`.
-STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None}
+# A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, a grid key, or a key the arms set)
+# against `reference`, separately within each stratum (the values of the `strata` keys and other grid keys).
+STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None}
 
 
 class SpaceError(UsageError):
@@ -224,25 +225,64 @@ def make_study(space: Space, where: str) -> None:
     if by is None:
         raise SpaceError(f"{where}: study.by: name what the study compares (arm, or one of the grid keys "
                          f"{', '.join(grids) or '(none)'})")
+    arm_keys = list(dict.fromkeys(k for recipe in space.arms.values() for k in recipe))
+    given = st["strata"]
+    if given is not None and (not isinstance(given, list) or not all(isinstance(k, str) for k in given)):
+        raise SpaceError(f"{where}: study.strata: expected a list of config keys, got {given!r}")
     if by == "arm":
         if not space.arms:
             raise SpaceError(f"{where}: study.by: arm, but the space has no arms")
         values = list(space.arms)
     elif by in grids:
         values = [str(v) for v in space.params[by]["grid"]]
+    elif by in arm_keys:
+        # Arms that differ in more than the compared key (a teacher-student pair and a method) are
+        # grouped by the keys study.strata names; each group is a comparison of its own.
+        if not given:
+            raise SpaceError(f"{where}: study.by: {by} is set by the arms; name the keys that group them with "
+                             f"study.strata (for example [teacher_arch, student])")
+        values = list(dict.fromkeys(str(getattr(DistillConfig.from_dict(c), by)) for c in space.arm_configs().values()))
     else:
-        raise SpaceError(f"{where}: study.by: {by!r} is neither arm nor a grid key of this space"
-                         f"{did_you_mean(by, ['arm', *grids])}")
+        raise SpaceError(f"{where}: study.by: {by!r} is neither arm, a grid key nor a key the arms set"
+                         f"{did_you_mean(by, ['arm', *grids, *arm_keys])}")
     reference = str(st["reference"]) if st["reference"] is not None else values[0]
     if reference not in values:
         raise SpaceError(f"{where}: study.reference: {reference!r} is not one of the compared values "
                          f"({', '.join(values)}){did_you_mean(reference, values)}")
-    # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
-    strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
+    if given:
+        keys = set(DistillConfig.keys())
+        for k in given:
+            if k not in keys or k in (by, "arm", "seed"):
+                raise SpaceError(f"{where}: study.strata: {k!r} is not a config key that can group arms"
+                                 f"{did_you_mean(k, keys)}")
+        _check_strata(where, space, by, reference, given)
+        strata = list(given) + [k for k in grids if k != by and k not in given]
+    else:
+        # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
+        strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
     space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata}
     space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
     space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
     space.config["test_at_end"] = True
+
+
+def _check_strata(where, space: Space, by: str, reference: str, strata: list) -> None:
+    """Within each stratum every compared value appears once, and the reference is there to pair with."""
+    seen: dict[tuple, list] = {}
+    for name, values in space.arm_configs().items():
+        cfg = DistillConfig.from_dict(values)  # every arm passed the schema in validate_space
+        stratum = tuple(str(getattr(cfg, k)) for k in strata)
+        value = str(getattr(cfg, by))
+        if value in seen.get(stratum, []):
+            raise SpaceError(f"{where}: arms.{name}: a second arm with {by}={value} for "
+                             f"{', '.join(f'{k}={v}' for k, v in zip(strata, stratum))}; each group compares each "
+                             f"value once")
+        seen.setdefault(stratum, []).append(value)
+    for stratum, values in seen.items():
+        if reference not in values:
+            raise SpaceError(f"{where}: study.reference: no arm with {by}={reference} for "
+                             f"{', '.join(f'{k}={v}' for k, v in zip(strata, stratum))}, so its arms have nothing "
+                             f"to be paired with")
 
 
 def _arms(where, raw, keys: set, params: dict) -> dict:
@@ -358,7 +398,7 @@ def _checked_config(where, values: dict, label: str) -> DistillConfig:
         cfg = DistillConfig.from_dict(values)
         if cfg.dataset in NUM_CLASSES or cfg.dataset == "synthetic":
             nc = NUM_CLASSES.get(cfg.dataset, cfg.synthetic_classes)
-            check_feature_config(cfg, nc, 32 if cfg.dataset in NUM_CLASSES else cfg.image_size)
+            check_feature_config(cfg, nc, cfg.image_size or 32)
     except ConfigError as e:
         raise SpaceError(f"{where}: {label}: {e}") from None
     return cfg

@@ -42,7 +42,7 @@ class DeviceLoader:
             order = torch.randperm(n, generator=self.generator).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
-        params = view_params(n, view_seed, view) if self.train and view is not None else None
+        params = view_params(n, view_seed, view, self.images.shape[-1]) if self.train and view is not None else None
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if params is not None:

@@ -61,23 +61,36 @@ def unpack_archive(archive: Path) -> Path:
     return root
 
 
-def _cache_file(split_dir: Path) -> Path:
-    beside = split_dir.parent / f".sfkd-{split_dir.name}-v{CACHE_VERSION}.pt"
+def _cache_file(split_dir: Path, size: int | None = None) -> Path:
+    tail = f"v{CACHE_VERSION}" + (f"-{size}px" if size else "")
+    beside = split_dir.parent / f".sfkd-{split_dir.name}-{tail}.pt"
     if os.access(split_dir.parent, os.W_OK):
         return beside
     key = hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()[:16]
-    return _cache_home() / "decoded" / f"{key}-{split_dir.name}-v{CACHE_VERSION}.pt"
+    return _cache_home() / "decoded" / f"{key}-{split_dir.name}-{tail}.pt"
 
 
-def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode split_dir/<class>/* once into uint8 N x C x H x W; later calls read the cached tensor."""
+def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A C x H x W uint8 image as size x size: its shorter side resized to `size` (antialiased), then the
+    central square cropped, with torchvision's own functional transforms (the evaluation recipe of
+    docs/method.md, "Image sizes")."""
+    if image.shape[-2:] == (size, size):
+        return image
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+
+
+def read_image_folder(split_dir: Path, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode split_dir/<class>/* once into uint8 N x C x H x W; later calls read the cached tensor.
+    With `size`, every image is fitted to size x size (fit_square), so images of mixed sizes load."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DataError(f"data folder {split_dir} does not exist; expected <data-dir>/{split_dir.name}/<class>/*.jpg")
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"data folder {split_dir} has no class folders; expected {split_dir}/<class>/*.jpg")
-    cache = _cache_file(split_dir)
+    cache = _cache_file(split_dir, size)
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -91,7 +104,9 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
     for label, name in enumerate(classes):
         files = sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
         for f in files:
-            images.append(_decode(f, Image))
+            image = _decode(f, Image)
+            images.append(image if size is None else fit_square(torch.from_numpy(image.copy()).permute(2, 0, 1), size)
+                          .permute(1, 2, 0).numpy())
             labels.append(label)
     if not images:
         raise DataError(f"data folder {split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -101,7 +116,7 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
         odd = next(i for i, im in enumerate(images) if im.shape != images[0].shape)
         (h0, w0), (h, w) = images[0].shape[:2], images[odd].shape[:2]
         raise DataError(f"images in {split_dir} differ in size ({len(shapes)} sizes): {files[odd]} is {w}x{h}, "
-                        f"{files[0]} is {w0}x{h0}; expected one size")
+                        f"{files[0]} is {w0}x{h0}; set image_size: N to resize every image to N x N")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(labels, dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +131,31 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
         Path(tmp).unlink(missing_ok=True)
         raise
     return x, y, classes
+
+
+def memory_limit_bytes() -> int:
+    """How much decoded image data a run may hold in memory: SFKD_DATA_MAX_GB, else half this machine's
+    physical memory (the rest is for the models, the teacher cache's pages and Ray)."""
+    given = os.environ.get("SFKD_DATA_MAX_GB")
+    if given:
+        try:
+            return int(float(given) * 1e9)
+        except ValueError:
+            raise DataError(f"SFKD_DATA_MAX_GB={given!r} is not a number of gigabytes") from None
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def first_image_size(split_dir: Path) -> tuple[int, int]:
+    """(width, height) of the first image of split_dir, read from its header only."""
+    from PIL import Image
+
+    for f in _image_files(split_dir, sorted(d.name for d in split_dir.iterdir() if d.is_dir())):
+        try:
+            with Image.open(f) as im:
+                return im.size
+        except Exception:  # noqa: BLE001 - a bad file is named when the folder is decoded
+            continue
+    return (0, 0)
 
 
 def _image_files(split_dir: Path, classes: list[str]):

@@ -11,7 +11,10 @@ import torch
 from trainables.data.sources import (
     IMAGE_EXTENSIONS,
     DataError,
+    first_image_size,
+    fit_square,
     make_synthetic,
+    memory_limit_bytes,
     read_image_folder,
     read_torchvision_cifar,
     unpack_archive,
@@ -81,13 +84,38 @@ def _stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.
     return chosen
 
 
-def _read_tree(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    tx, ty, classes = read_image_folder(root / "train")
-    vx, vy, test_classes = read_image_folder(root / "test")
+def _read_tree(root: Path, size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    check_fits_in_memory(root, size)
+    tx, ty, classes = read_image_folder(root / "train", size)
+    vx, vy, test_classes = read_image_folder(root / "test", size)
     if test_classes != classes:
         raise DataError(f"{root}: train/ and test/ have different class folders")
     check_classes(root / "train", ty, classes)
     return tx, ty, vx, vy, classes
+
+
+def check_fits_in_memory(root: Path, size: int | None) -> None:
+    """Refuse, before decoding anything, a tree whose decoded images would not fit the memory limit
+    (data is held in memory as uint8; docs/real-data.md)."""
+    count = sum(1 for split in ("train", "test") for d in (root / split).iterdir() if d.is_dir()
+                for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+    w, h = (size, size) if size else first_image_size(root / "train")
+    need, limit = count * 3 * w * h, memory_limit_bytes()
+    if need > limit:
+        raise DataError(f"{root}: its {count:,} images decoded at {w}x{h} take {_size(need)} in memory, over the "
+                        f"limit of {_size(limit)} (half this machine's memory unless SFKD_DATA_MAX_GB sets it); give "
+                        f"a smaller image_size or fewer images")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.2f} MB"
+
+
+def resize_all(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Decoded N x C x H x W images fitted to size x size (fit_square), in chunks to bound the memory."""
+    if size is None or x.shape[-2:] == (size, size):
+        return x
+    return torch.cat([fit_square(x[i:i + 1000], size) for i in range(0, len(x), 1000)])
 
 
 def check_classes(where, labels: torch.Tensor, classes: list[str]) -> None:
@@ -154,23 +182,26 @@ def locate_data(dataset: str, data_dir: str | None, download: bool = False) -> t
 
 def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
                 train_subset: int | None = None, val_subset: int | None = None, download: bool = False,
-                synthetic_size: int = 2000, synthetic_classes: int = 10, image_size: int = 32,
+                synthetic_size: int = 2000, synthetic_classes: int = 10, image_size: int | None = None,
                 full_train: bool = False) -> DataSplits:
     """Load a dataset and carve the stratified validation split from its training set.
 
     The split and the subsets depend on `split_seed` alone, so seed replicates share validation images.
-    full_train=True (the final run) trains on train+val and keeps val empty.
+    full_train=True (the final run) trains on train+val and keeps val empty. `image_size`: the side every
+    image is fitted to (None: the images' own, 32 for synthetic data).
     """
     kind, root = locate_data(dataset, data_dir, download)
     if kind == "synthetic":
-        tx, ty = make_synthetic(synthetic_size, synthetic_classes, image_size, seed=1000)
-        sx, sy = make_synthetic(max(200, synthetic_size // 5), synthetic_classes, image_size, seed=2000)
+        size = image_size or 32
+        tx, ty = make_synthetic(synthetic_size, synthetic_classes, size, seed=1000)
+        sx, sy = make_synthetic(max(200, synthetic_size // 5), synthetic_classes, size, seed=2000)
         classes = [f"class{i}" for i in range(synthetic_classes)]
     elif kind == "tree":
-        tx, ty, sx, sy, classes = _read_tree(root)
+        tx, ty, sx, sy, classes = _read_tree(root, image_size)
     else:
         tx, ty, classes = read_torchvision_cifar(dataset, root, True, download)
         sx, sy, _ = read_torchvision_cifar(dataset, root, False, download)
+        tx, sx = resize_all(tx, image_size), resize_all(sx, image_size)
 
     if full_train:
         vx, vy = tx[:0], ty[:0]
