@@ -98,3 +98,24 @@ def test_the_precision_a_run_used_is_in_its_results_and_checkpoint(tiny_teacher_
     trainable.save_checkpoint(str(tmp_path))
     _, _, meta = load_sparse(tmp_path / CHECKPOINT_FILE)
     assert meta["extra"]["precision"] == precision
+
+
+def test_deterministic_sets_cudnns_deterministic_kernels_and_no_autotuning_and_a_study_asks_for_it():
+    from trainables.precision import set_cuda_determinism
+    from tuner.spaces import parse_space
+
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
+    try:
+        torch.backends.cudnn.benchmark = True
+        set_cuda_determinism(True)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled()
+        set_cuda_determinism(False)
+        assert not torch.backends.cudnn.deterministic and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[:2]
+        torch.use_deterministic_algorithms(before[2])
+    assert parse_space("study_methods").config["deterministic"] is True  # a study's default
+    assert "deterministic" not in parse_space("smoke").config  # a search's: off (DistillConfig's default)
+    assert parse_space("study_methods", {"deterministic": False}).config["deterministic"] is False

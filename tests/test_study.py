@@ -1,5 +1,6 @@
 """Studies: fixed arms x seeds, paired differences with t intervals, test read once per finished run."""
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -8,15 +9,16 @@ from mlflow.tracking import MlflowClient
 from tuner import report as report_cli
 from tuner import search
 from tuner.spaces import SpaceError, parse_space
-from tuner.study import TABLE_MD, comparison, markdown, t_interval
+from tuner.study import TABLE_MD, StudyError, adjust, comparison, load_runs, markdown, paired_p, t_interval
 from tuner.tracking import PARENT_TAG
 
 T_975_2DF = 4.30265273  # Student's t, 97.5th percentile, 2 degrees of freedom (printed tables give 4.303)
 
 
-def _run(arm, seed, val, test=None, fg=0.5, stratum=()):
-    return {"arm": arm, "seed": seed, "status": "completed", "val_acc": val, "fg_share": fg,
-            "teacher_fg_share": 0.6, "test_acc": test, "stratum": stratum, "precision": "fp32"}
+def _run(arm, seed, val, test=None, fg=0.5, stratum=(), status="completed"):
+    return {"arm": arm, "seed": seed, "status": status, "val_acc": val, "fg_share": fg, "fg_enrichment": 2 * fg,
+            "teacher_fg_share": 0.6, "test_acc": test, "stratum": stratum, "precision": "fp32", "method": arm,
+            "taps": "2"}
 
 
 def test_the_t_interval_of_three_paired_differences_matches_the_hand_computation():
@@ -38,10 +40,71 @@ def test_the_table_pairs_each_arm_with_the_reference_by_seed_and_says_when_a_dif
     half = T_975_2DF / math.sqrt(3)
     assert rows["sfkd"]["diff"] == pytest.approx((2.0, 2.0 - half, 2.0 + half))
     text = markdown(table, "fp32")
-    assert f"+2.00 [{2.0 - half:+.2f}, {2.0 + half:+.2f}] (not resolved)" in text
-    assert "(resolved, lower)" in text  # ft: -10.33 with a tight interval below zero
+    # sfkd: t = 2 / (1 / sqrt 3) = 3.46 on 2 df, p = 0.074; ft: -10.33 with sd 0.29, p = 0.0003. Holm over
+    # the 2 comparisons: ft 2 x 0.0003 (resolved), sfkd max(that, 0.074) (not).
+    assert f"| +2.00 [{2.0 - half:+.2f}, {2.0 + half:+.2f}] | 0.074 | not resolved |" in text
+    assert "| 0.000 | resolved, lower |" in text
+    assert "resolved (Holm, 2 comparisons)" in text
     assert table["complete"] and rows["sfkd"]["test"] == pytest.approx((62.0, 1.0))
     assert "test_acc (last epoch)" in text and "All arms ran at precision fp32." in text
+
+
+def test_holms_procedure_matches_the_hand_computation_on_known_p_values():
+    # The audit's p-values of study_methods (FT, FitNet, AT, SP, SF-KD against KD). Holm: sorted 0.005,
+    # 0.019, 0.036, 0.037, 0.093 times 5, 4, 3, 2, 1 = 0.025, 0.076, 0.108, 0.074, 0.093, each raised to the
+    # largest before it: 0.025, 0.076, 0.108, 0.108, 0.108. Only AT stays under 0.05.
+    p = [0.036, 0.093, 0.005, 0.019, 0.037]
+    assert adjust(p, "holm") == pytest.approx([0.108, 0.108, 0.025, 0.076, 0.108])
+    assert adjust(p, "bonferroni") == pytest.approx([0.180, 0.465, 0.025, 0.095, 0.185])
+    assert adjust(p, "none") == p
+    assert adjust([0.01, float("nan")], "holm") == pytest.approx([0.02, 1.0])  # untestable: in the family, p = 1
+
+
+def test_results_md_study_methods_resolves_only_at_against_kd_after_holms_correction():
+    """RESULTS.md's per-seed validation accuracies of study_methods (2026-12-01): the paired p-values are
+    the audit's, and under Holm only AT - KD is resolved, not SF-KD - KD."""
+    kd = [66.90, 65.94, 67.76]
+    arms = {"ft": [61.34, 63.20, 63.44], "fitnet": [68.94, 68.68, 68.46], "at": [69.76, 69.28, 70.42],
+            "sp": [70.22, 70.62, 70.76], "sfkd": [68.10, 67.68, 68.64]}
+    runs = [_run("kd", s, v) for s, v in enumerate(kd)]
+    runs += [_run(a, s, v) for a, vals in arms.items() for s, v in enumerate(vals)]
+    rows = {r["arm"]: r for r in comparison(runs, "kd", 3, ["kd", *arms])["rows"]}
+    assert {a: round(rows[a]["p"], 3) for a in arms} == {"ft": 0.036, "fitnet": 0.093, "at": 0.005, "sp": 0.019,
+                                                          "sfkd": 0.037}
+    assert [a for a in arms if rows[a]["resolved"]] == ["at"]
+    uncorrected = {r["arm"]: r for r in comparison(runs, "kd", 3, correction="none")["rows"]}
+    assert [a for a in arms if uncorrected[a]["resolved"]] == ["ft", "at", "sp", "sfkd"]  # what RESULTS.md said
+    text = markdown(comparison(runs, "kd", 3))
+    assert "after Holm's correction over the 5 comparisons of this table" in text
+
+
+def test_identical_pairs_are_no_spread_not_a_zero_width_interval():
+    runs = [_run("kd", s, 70.0 + s) for s in range(3)] + [_run("sfkd", s, 71.0 + s) for s in range(3)]
+    table = comparison(runs, "kd", 3)
+    row = table["rows"][1]
+    assert not row["resolved"] and math.isnan(row["p"])
+    assert "| +1.00 (no spread: 3 identical pairs) | - | not resolved |" in markdown(table)
+
+
+def test_an_arm_with_fewer_finished_runs_than_seeds_says_which_seeds_and_why():
+    runs = [_run("kd", s, 70.0 + s) for s in range(3)]
+    runs += [_run("sfkd", 0, 71.0), _run("sfkd", 1, None, status="diverged")]  # seed 2 never ran
+    text = markdown(comparison(runs, "kd", 3))
+    assert "| sfkd | 1 (seed 1 diverged; seed 2 not run) |" in text
+
+
+def test_a_run_without_a_seed_is_an_error_not_seed_zero(tmp_path):
+    from tuner.tracking import PARENT_TAG as TAG
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp)
+    for k, v in {"study.compare_by": "arm", "study.reference": "kd", "study.seeds": "2", "study.strata": ""}.items():
+        client.log_param(parent.info.run_id, k, v)
+    child = client.create_run(exp, tags={TAG: parent.info.run_id}, run_name="kd-noseed")
+    client.log_param(child.info.run_id, "arm", "kd")
+    with pytest.raises(StudyError, match=r"run .* \(kd-noseed\) of study .* records no seed; a study pairs its runs"):
+        load_runs(client, client.get_run(parent.info.run_id))
 
 
 def test_one_seed_gives_no_interval_and_the_table_says_so():
@@ -77,8 +140,8 @@ config:
   student: resnet8
   density: 0.5
   sparse_init: ERK
-  epochs: 2
-  batch_size: 32
+  epochs: 4
+  batch_size: 16
   fg_size: 4
 arms:
   ft: {{method: ft}}
@@ -102,6 +165,9 @@ def test_a_study_is_a_fifo_grid_of_arms_times_seeds_that_reads_test_only_after_t
         parse_space("smoke", {"test_at_end": True})
     with pytest.raises(SpaceError, match="with optuna"):
         parse_space("sfkd_gamma", {"study.seeds": 3})
+    assert space.study["correction"] == "holm"  # the default
+    with pytest.raises(SpaceError, match=r"study.correction: 'holmes'; expected one of holm, bonferroni, none"):
+        parse_space(str(_write(STUDY.format(teacher="auto"), "s.yaml")), {"study.correction": "holmes"})
 
 
 def _write(text: str, name: str) -> Path:
@@ -130,10 +196,29 @@ def test_a_two_arm_three_seed_study_runs_end_to_end_and_report_rebuilds_its_tabl
     for child in children:
         assert child.data.tags["sfkd.status"] == "completed"  # FIFO: nothing stopped early
         # The test split was read once, after the last epoch; every epoch read the validation split.
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [2]
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [4]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2, 3, 4]
     table = Path(client.download_artifacts(parent.info.run_id, f"report/{TABLE_MD}", str(tmp_path / "a"))).read_text()
     assert "| kd | 3 |" in table and "| ft | 3 |" in table and "test_acc (last epoch)" in table
+    # The headline numbers, recomputed from each run's full metric history: the last epoch's val_acc
+    # (not the best epoch's), the test accuracy read once, the paired differences and their p-values.
+    last, best, test = {}, {}, {}
+    for child in children:
+        history = sorted(client.get_metric_history(child.info.run_id, "val_acc"), key=lambda m: m.step)
+        key = (child.data.params["arm"], int(child.data.params["seed"]))
+        last[key], best[key] = history[-1].value, max(m.value for m in history)
+        (test[key],) = [m.value for m in client.get_metric_history(child.info.run_id, "test_acc")]
+    # Some run peaked before its last epoch (ft seed 0 here: 87.5 at epoch 3, 85.0 at 4), so a table that
+    # read best_val_acc would differ from this one.
+    assert any(last[k] != best[k] for k in last)
+    cells = {row.split(" | ")[0].strip("| "): row.split(" | ") for row in table.splitlines() if row.startswith("| ")}
+    for arm in ("ft", "kd"):
+        vals, tests = [last[(arm, s)] for s in range(3)], [test[(arm, s)] for s in range(3)]
+        assert cells[arm][2] == f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+        assert cells[arm][-1].rstrip(" |") == f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}"
+    diffs = [last[("ft", s)] - last[("kd", s)] for s in range(3)]
+    mean, lo, hi = t_interval(diffs)
+    assert cells["ft"][5] == f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" and cells["ft"][6] == f"{paired_p(diffs):.3f}"
     arts = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/study_table.html", "report/study_comparison.png", "report/report.html"} <= arts
     assert not (tmp_path / "runs" / "study" / "best_config.yaml").exists()  # a study selects nothing
@@ -159,8 +244,19 @@ def test_every_shipped_study_is_paper_scale_with_three_seeds_its_losses_and_the_
     assert small.study == space.study
 
 
-def test_study_methods_has_the_six_arms_and_study_density_at_least_three_densities():
-    assert parse_space("study_methods").study["arms"] == ["ft", "kd", "fitnet", "at", "sp", "sfkd"]
+def test_study_methods_has_the_six_arms_and_the_controls_and_study_density_at_least_three_densities():
+    methods = parse_space("study_methods")
+    assert methods.study["arms"] == ["ft", "kd", "fitnet", "at", "sp", "sfkd", "kd_ce1", "at_last"]
+    # kd_ce1 trains CE at AT's and SP's weight; at_last is AT at the last map only; at is at every group.
+    assert methods.arms["kd_ce1"]["alpha"] == methods.arms["at"]["alpha"] == methods.arms["sp"]["alpha"] == 1.0
+    assert methods.arms["at_last"]["feature_stages"] == [-1] and "feature_stages" not in methods.arms["at"]
+    from trainables.config import DistillConfig
+
+    assert DistillConfig.from_dict(methods.arm_configs()["at"]).feature_stages == ["groups"]
+    prune = parse_space("study_prune_kd")
+    control, iterative = prune.arm_configs()["oneshot_kd_270"], prune.arm_configs()["iterative_kd"]
+    assert control["epochs"] == iterative["epochs"] == 270 and control["lr_milestones"] == iterative["lr_milestones"]
+    assert control["prune_schedule"] == "one-shot" and "isolat" in methods.description + prune.description
     density = parse_space("study_density")
     assert len(density.params["density"]["grid"]) >= 3 and density.study["strata"] == ["density"]
 
@@ -272,3 +368,36 @@ def test_study_miniimagenet_is_sf_kd_table_2_three_pairs_two_inits_kd_against_sf
                    "69.83", "70.12"):
         assert number in text  # the paper's top-1 of every cell
     assert space.warnings == [] and space.scheduler["type"] == "fifo"
+
+
+def test_a_table_says_when_an_at_arm_distilled_one_tap_only():
+    runs = [_run("kd", s, 70.0) for s in range(2)] + [{**_run("at", s, 71.0), "taps": "3"} for s in range(2)]
+    assert "Arm at distilled attention transfer at one tap only" in markdown(comparison(runs, "kd", 2))
+    runs = [_run("kd", s, 70.0) for s in range(2)] + [{**_run("at", s, 71.0), "taps": "1,2,3"} for s in range(2)]
+    assert "one tap only" not in markdown(comparison(runs, "kd", 2))  # every stage group, as the literature
+
+
+def test_the_foreground_enrichment_is_the_share_over_the_squares_area():
+    import torch
+
+    from trainables.probe import attention_probe
+
+    # A 1x1 identity "network" on 4x4 inputs: attention = mean_c x^2. All mass in the central 2x2: share 1,
+    # area 4/16, enrichment 4. A uniform map: share 0.25, enrichment 1.
+    class Identity(torch.nn.Module):
+        arch = "id"
+
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Identity()
+
+        def forward(self, x):
+            return self.body(x).mean((2, 3))
+
+    centre = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
+    centre[:, :, 1:3, 1:3] = 200
+    probe, _ = attention_probe(Identity(), None, centre, (0, 0, 0), (1, 1, 1), 2, ("body", None), torch.device("cpu"))
+    assert probe["student_fg_share"] == pytest.approx(1.0) and probe["student_fg_enrichment"] == pytest.approx(4.0)
+    flat = torch.full((4, 3, 4, 4), 100, dtype=torch.uint8)
+    probe, _ = attention_probe(Identity(), None, flat, (0, 0, 0), (1, 1, 1), 2, ("body", None), torch.device("cpu"))
+    assert probe["student_fg_share"] == pytest.approx(0.25) and probe["student_fg_enrichment"] == pytest.approx(1.0)

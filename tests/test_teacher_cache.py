@@ -150,3 +150,17 @@ def test_teacher_training_draws_the_same_per_epoch_views_as_every_other_run(tmp_
     want = normalize(view_batch(run.train_loader.images, first, view_params(len(run.data.train_x), 1, 0)),
                      torch.tensor(run.data.mean), torch.tensor(run.data.std))
     assert torch.equal(seen[0], want)
+
+
+def test_an_fp32_run_and_a_bf16_run_of_one_teacher_data_and_seed_do_not_share_teacher_outputs(tiny_teacher_file,
+                                                                                              tmp_path):
+    fp32 = DistillRun(_cfg(tiny_teacher_file, tmp_path, precision="fp32"), device="cpu")
+    fp32.train_epoch()
+    bf16 = DistillRun(_cfg(tiny_teacher_file, tmp_path, precision="bf16"), device="cpu")
+    bf16.train_epoch()
+    assert bf16.cache.dir != fp32.cache.dir and bf16.cache.filled == 1  # computed in its own numerics
+    a, b = fp32.cache.load(0)["logits"], bf16.cache.load(0)["logits"]
+    assert not torch.equal(a, b)  # what sharing would have fed one of them
+    channels_last = DistillRun(_cfg(tiny_teacher_file, tmp_path, precision="fp32", memory_format="channels_last"),
+                               device="cpu")
+    assert channels_last.cache.dir not in (fp32.cache.dir, bf16.cache.dir)

@@ -228,3 +228,36 @@ def test_a_user_code_student_is_registered_with_its_code_and_exports_dense_witho
     r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert torch.allclose(torch.load(tmp_path / "out.pt"), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_timm_student_is_registered_and_predicts_by_name_as_its_checkpoint_does(tmp_path):
+    """The final run of a timm student registers a model whose requirements name timm at this version,
+    and which, loaded by name, gives the checkpoint's logits."""
+    config = tmp_path / "final.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "synthetic", "synthetic_size": 200, "student": "timm:resnet10t",
+                                      "teacher": "none", "method": "ft", "epochs": 1, "density": 0.3,
+                                      "sparse_init": "ERK", "batch_size": 50}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = subprocess.run([sys.executable, "-m", "tuner.final", "--config", str(config), "--out", str(tmp_path / "final"),
+                        "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import mlflow
+    import timm
+
+    from trainables.models import create_model
+    from trainables.sparsity import load_sparse
+
+    state, _, meta = load_sparse(next((tmp_path / "final").rglob("*.sfkd")))
+    student = create_model(meta["config"]["student"], 10)
+    student.load_state_dict(state)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = student.eval()(x).numpy()
+    mlflow.set_tracking_uri(uri)
+    (v,) = mlflow.MlflowClient().search_model_versions("")
+    uri_model = f"models:/{v.name}/{v.version}"
+    requirements = Path(mlflow.artifacts.download_artifacts(f"{uri_model}/requirements.txt", dst_path=str(tmp_path)))
+    assert f"timm=={timm.__version__.split('+')[0]}" in requirements.read_text().split()
+    got = mlflow.pyfunc.load_model(uri_model).predict(x.numpy())
+    assert abs(got - expected).max() < 1e-4

@@ -76,8 +76,9 @@ class DistillConfig:
     temperature: float = 4.0
     at_weight: float = 1000.0
     sp_weight: float = 3000.0
-    # Taps: module names (layer3, features.8), zoo stage indices, or -1 for the last map before pooling
-    feature_stages: list = field(default_factory=lambda: [-1])
+    # Taps: module names (layer3, features.8), zoo stage indices, -1 for the last map before pooling, or
+    # "groups" for every stage group's output; None: the method's own (AT: groups, the others: -1)
+    feature_stages: list | None = None
     teacher_feature_stages: list | None = None  # the teacher's taps when its modules are named otherwise
     # Sparsity
     density: float | None = None
@@ -100,6 +101,9 @@ class DistillConfig:
     seed: int = 0
     # Read the test split once, after the last epoch (a study's finished runs; a search never does).
     test_at_end: bool = False
+    # On CUDA, cuDNN's deterministic kernels (and no autotuning), so a seed reproduces a run to the last
+    # digit on the same GPU and software; a study sets it. CPU runs are deterministic either way.
+    deterministic: bool = False
     device: str = "auto"
     # bf16 autocast on CUDA and on CPUs with native bf16 (auto), or fp32 / bf16 everywhere. The precision
     # a run really used is recorded with its results and checkpoint.
@@ -169,6 +173,8 @@ class DistillConfig:
         self.alpha = default_alpha if self.alpha is None else self.alpha
         self.beta = default_beta if self.beta is None else self.beta
         method.resolve(self)
+        if self.feature_stages is None:
+            self.feature_stages = list(method.default_stages)
         _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
         _one_of("dataset", self.dataset, DATASETS)
         for key in ("student", "teacher_arch"):

@@ -40,3 +40,15 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def set_cuda_determinism(on: bool) -> None:
+    """cuDNN's deterministic algorithms and no benchmark autotuning (which picks kernels by timing, so two
+    runs can differ), and deterministic cuBLAS workspaces. They may be slower; on the CPU nothing changes."""
+    import os
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts in this process
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on and torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(on, warn_only=True)  # an op without a deterministic form warns

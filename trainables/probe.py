@@ -2,7 +2,9 @@
 
 The attention map of a stage is mean_c(F^2) (Zagoruyko & Komodakis). The foreground share is the
 fraction of that mass inside the central fg_size x fg_size square; SF-KD's claim is that sparse
-students drift towards the background and that decoupled distillation pulls them back.
+students drift towards the background and that decoupled distillation pulls them back. The enrichment
+is the share over the square's area fraction (1.0: no preference), which compares squares of different
+sizes (docs/method.md, "Foreground share").
 """
 import torch
 import torch.nn as nn
@@ -68,14 +70,18 @@ def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.
     if teacher_maps is None and teacher is not None:
         teacher_maps = stage_attention(teacher, x, t_tap)
     square = probe_square(fg_of(s_att.shape[1], s_att.shape[2]), s_att.shape[1], s_att.shape[2])
+    area = square * square / float(s_att.shape[1] * s_att.shape[2])
+    share = foreground_share(s_att, square).mean().item()
+    # The share over the square's area: 1.0 is a uniform map, so squares of different sizes compare.
     out = {"images": val_x[idx[:DRAWN_IMAGES]].cpu(), "student": s_att[:DRAWN_IMAGES], "fg_size": square,
-           "student_fg_share": foreground_share(s_att, square).mean().item(),
-           "area_share": square * square / float(s_att.shape[1] * s_att.shape[2]), "stage": s_tap}
+           "student_fg_share": share, "student_fg_enrichment": share / area, "area_share": area, "stage": s_tap}
     if teacher_maps is not None:
         t_square = probe_square(fg_of(teacher_maps.shape[1], teacher_maps.shape[2]), teacher_maps.shape[1],
                                 teacher_maps.shape[2])
-        out.update(teacher=teacher_maps[:DRAWN_IMAGES], teacher_fg_size=t_square,
-                   teacher_fg_share=foreground_share(teacher_maps, t_square).mean().item())
+        t_share = foreground_share(teacher_maps, t_square).mean().item()
+        t_area = t_square * t_square / float(teacher_maps.shape[1] * teacher_maps.shape[2])
+        out.update(teacher=teacher_maps[:DRAWN_IMAGES], teacher_fg_size=t_square, teacher_fg_share=t_share,
+                   teacher_fg_enrichment=t_share / t_area)
     return out, teacher_maps
 
 

@@ -15,7 +15,7 @@ from trainables.losses import Connector
 from trainables.methods import LOSS_PARTS, get_method
 from trainables.models import create_model
 from trainables.models.taps import forward_taps
-from trainables.precision import autocast, resolve_memory_format, resolve_precision
+from trainables.precision import autocast, resolve_memory_format, resolve_precision, set_cuda_determinism
 from trainables.probe import attention_probe, measured_layer_densities
 from trainables.sparsity import (
     apply_masks,
@@ -95,6 +95,8 @@ class DistillRun:
         nc = self.data.num_classes
         check_feature_config(cfg, nc, self.data.image_size)
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            set_cuda_determinism(cfg.deterministic)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.channels_last = resolve_memory_format(cfg.memory_format, self.device, self.precision)
         self.teacher = teacher
@@ -181,7 +183,8 @@ class DistillRun:
         # Every teacher-using method stores the maps of all feature_stages, so the arms of a study with one
         # seed share one fill whichever arm runs first (KD reads only the logits of it).
         _, _, taps, shapes = distilled_maps(cfg, num_classes, self.data.image_size)
-        return open_teacher_cache(cfg, digest, self.data, list(taps), list(shapes), num_classes)
+        return open_teacher_cache(cfg, digest, self.data, list(taps), list(shapes), num_classes,
+                                  precision=self.precision, channels_last=self.channels_last)
 
     def view_of(self, epoch: int) -> int:
         """The augmentation view a 0-based epoch trains on: its own fresh draw, or with the opt-in
@@ -407,9 +410,9 @@ class DistillRun:
                 metrics.update(self.best)
             self.density_history.append((self.epoch, metrics["density"]))
             self.last_probe = self.probe(split)
-            metrics["student_fg_share"] = self.last_probe["student_fg_share"]
-            if "teacher_fg_share" in self.last_probe:
-                metrics["teacher_fg_share"] = self.last_probe["teacher_fg_share"]
+            for key in ("student_fg_share", "student_fg_enrichment", "teacher_fg_share", "teacher_fg_enrichment"):
+                if key in self.last_probe:
+                    metrics[key] = self.last_probe[key]
             if self.cfg.test_at_end and split == "val" and self.epoch >= self.cfg.epochs:
                 test = self.evaluate("test")  # once, after training ended: a study selects nothing on it
                 metrics.update({"test_acc": test["acc"], "test_acc5": test["acc5"]})

@@ -16,6 +16,10 @@ def distilled_maps(cfg: DistillConfig, num_classes: int, image_size: int,
     if with_teacher:
         key = "teacher_feature_stages" if cfg.teacher_feature_stages else "feature_stages"
         t_taps, t_shapes = _taps_of("teacher_arch", cfg.teacher_arch, cfg.teacher_taps, key, num_classes, image_size)
+        if len(s_taps) != len(t_taps):  # "groups" of two architectures can differ in number
+            raise ConfigError(f"feature_stages {list(cfg.feature_stages)} gives {cfg.student} {len(s_taps)} taps and "
+                              f"{cfg.teacher_arch} {len(t_taps)}; each student tap needs one teacher tap: name them "
+                              f"(feature_stages, teacher_feature_stages)")
     return s_taps, s_shapes, t_taps, t_shapes
 
 

@@ -125,11 +125,14 @@ def default_cache_root() -> Path:
     return Path(base) / "teacher-outputs"
 
 
-def open_teacher_cache(cfg, teacher_digest: str, data, taps: list, stage_shapes: list, logit_dim: int) -> TeacherCache:
+def open_teacher_cache(cfg, teacher_digest: str, data, taps: list, stage_shapes: list, logit_dim: int,
+                       precision: str = "fp32", channels_last: bool = False) -> TeacherCache:
     """The cache of this run's teacher (the sha1 of its file), exact training images (set and order),
-    seed and distilled taps (the teacher's, resolved: zoo indices or module names)."""
+    seed, distilled taps (the teacher's, resolved: zoo indices or module names), and the numerics the
+    teacher ran in (resolved precision, memory format): a bf16 teacher's outputs are not an fp32 run's."""
     identity = {"teacher": teacher_digest, "train_images": data.train_digest, "seed": cfg.seed,
-                "augment": augment_identity(data.image_size), "stages": list(taps), "format": 2}
+                "augment": augment_identity(data.image_size), "stages": list(taps), "format": 2,
+                "precision": precision, "channels_last": bool(channels_last)}
     if cfg.mean is not None or cfg.std is not None:  # other inputs, other teacher outputs
         identity["normalise"] = [list(data.mean), list(data.std)]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_root()

@@ -105,12 +105,12 @@ def check_never_saw_validation(info: dict, path, dataset: str, split_seed: int, 
     return None
 
 
-def check_worth_distilling(info: dict, name: str, num_classes: int, split: str = "test") -> None:
-    """Raise TeacherError when a teacher's accuracy (recorded on the test split, or measured on `split`) is
-    under twice chance: every student distilled from it would learn noise."""
-    acc = info.get("test_acc")
+def check_worth_distilling(acc: float, name: str, num_classes: int, split: str = "validation") -> None:
+    """Raise TeacherError when a teacher's top-1 on the search's validation split is under twice chance:
+    every student distilled from it would learn noise. (Never judged on test: that would be a decision
+    taken on the test split.)"""
     chance = 100.0 / num_classes
-    if acc is None or acc >= 2 * chance:
+    if acc >= 2 * chance:
         return
     raise TeacherError(
         f"teacher {name} has {split} top-1 {acc:.2f}%, not clearly above chance ({chance:.2f}% for {num_classes} "

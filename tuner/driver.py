@@ -96,8 +96,9 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
         print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> "
               f"{storage.uri(rel)}", flush=True)
     values["teacher"] = str(path)
-    check_worth_distilling({"test_acc": acc}, f"{base.teacher_arch} (auto, {epochs} epochs)",
-                           read_teacher_file(path)["num_classes"])
+    info = read_teacher_file(path)
+    if "val_acc" in info:  # teachers cached by an older version recorded test only: judged in the trials' data
+        check_worth_distilling(info["val_acc"], f"{base.teacher_arch} (auto, {epochs} epochs)", info["num_classes"])
     return path, acc
 
 
@@ -213,7 +214,8 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
         if space.study is not None:
             params.update({"study.seeds": space.study["seeds"], "study.compare_by": space.study["by"],
                            "study.reference": space.study["reference"], "study.arms": ",".join(space.study["arms"]),
-                           "study.strata": ",".join(space.study["strata"])})
+                           "study.strata": ",".join(space.study["strata"]),
+                           "study.correction": space.study["correction"]})
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
                                             "mlflow.note.content": space.description or f"search of space {space.name}",
                                             "sfkd.study": str(space.study is not None).lower(),

@@ -43,6 +43,12 @@ def _overlay(ax, image: torch.Tensor, att: torch.Tensor | None, fg_size: int) ->
     ax.set_yticks([])
 
 
+def _enrichment(probe: dict, who: str) -> str:
+    """' (1.80x area)': the share over the square's area fraction, when the probe recorded it (docs/method.md)."""
+    value = probe.get(f"{who}_fg_enrichment")
+    return "" if value is None else f" ({value:.2f}x area)"
+
+
 def heatmap_figure(probes: list[tuple[str, dict]], path: Path) -> Path:
     """One row for the inputs, one for the dense teacher (of the first probe that has one), one per
     labelled student; a column per image. Row labels carry the foreground attention share."""
@@ -50,10 +56,11 @@ def heatmap_figure(probes: list[tuple[str, dict]], path: Path) -> Path:
     teacher = next((p for _, p in probes if "teacher" in p), None)
     rows = [("input", first, None, None)]
     if teacher is not None:
-        rows.append((f"dense teacher\n{teacher['teacher_arch']}\nfg share {teacher['teacher_fg_share']:.2f}",
-                     teacher, "teacher", teacher["teacher_fg_size"]))
+        rows.append((f"dense teacher\n{teacher['teacher_arch']}\nfg share {teacher['teacher_fg_share']:.2f}"
+                     f"{_enrichment(teacher, 'teacher')}", teacher, "teacher", teacher["teacher_fg_size"]))
     for label, p in probes:
-        rows.append((f"{label}\nfg share {p['student_fg_share']:.2f}", p, "student", p["fg_size"]))
+        rows.append((f"{label}\nfg share {p['student_fg_share']:.2f}{_enrichment(p, 'student')}", p, "student",
+                     p["fg_size"]))
     n = first["images"].shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 1.6, 1.45 * len(rows) + 0.7), squeeze=False,
                              layout="constrained")

@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     if len(sizes) > 1:
         raise UsageError("--runs: these runs probed different image sets; compare runs of the same dataset and seed")
     out = heatmap_figure(probes, out)
-    shares = ", ".join(f"{label.splitlines()[0]} {pr['student_fg_share']:.2f}" for label, pr in probes)
+    shares = ", ".join(f"{label.splitlines()[0]} {pr['student_fg_share']:.2f}"
+                       + (f" ({pr['student_fg_enrichment']:.2f}x area)" if "student_fg_enrichment" in pr else "")
+                       for label, pr in probes)
     print(f"heatmaps of {len(probes)} runs -> {out} (student foreground share: {shares})")
     return 0
 

@@ -179,7 +179,6 @@ def preflight(space):
     from trainables.config import DistillConfig
     from trainables.data.splits import locate_data
     from trainables.inputs import load_run_splits
-    from trainables.teacher_file import TeacherError, check_never_saw_validation, check_worth_distilling, load_teacher
 
     cfg = DistillConfig.from_dict(space.config)
     if "dataset" in space.params or "data_dir" in space.params:
@@ -205,33 +204,44 @@ def preflight(space):
                                     data.num_classes)
         if note:
             print(note, flush=True)
-    if cfg.teacher in ("auto", "none") or "teacher" in space.params or "teacher_arch" in space.params:
+    if "teacher" in space.params or "teacher_arch" in space.params:
         return data
+    checked_files = set()
+    for values in space.arm_configs().values():  # every teacher file a trial will read, once
+        arm = DistillConfig.from_dict(values)
+        if arm.teacher not in ("auto", "none") and (arm.teacher, arm.teacher_arch) not in checked_files:
+            checked_files.add((arm.teacher, arm.teacher_arch))
+            check_teacher_file(arm, data, checked)
+    return data
+
+
+def check_teacher_file(cfg, data, checked) -> None:
+    """A teacher file loads strictly for its architecture and the data, and is worth distilling from: its
+    top-1 on this search's validation split (measured here, whatever the file records; the test split
+    decides nothing) is at least twice chance."""
+    import torch
+
+    from trainables.run import evaluate_model
+    from trainables.teacher_file import TeacherError, check_never_saw_validation, check_worth_distilling, load_teacher
+
     teacher, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes,
                                  image_size=data.image_size)
-    if info.get("test_acc") is None:  # a plain state_dict records nothing: measure it on this search's data
-        import torch
-
-        from trainables.run import evaluate_model
-
+    if len(checked.val_x):
         measured = evaluate_model(teacher, checked.val_x, checked.val_y, checked.mean, checked.std,
                                   torch.device("cpu"))["acc"]
         said = "the training images' own" if cfg.mean is None and cfg.std is None else "the config's"
         print(f"teacher {Path(cfg.teacher).name}: validation top-1 {measured:.2f}% ({cfg.teacher_arch}, inputs "
               f"normalised with {said} mean/std)", flush=True)
         try:
-            check_worth_distilling({"test_acc": measured}, Path(cfg.teacher).name, data.num_classes, split="validation")
+            check_worth_distilling(measured, Path(cfg.teacher).name, data.num_classes)
         except TeacherError as e:
-            if cfg.mean is not None or cfg.std is not None:
+            if cfg.mean is not None or cfg.std is not None or info.get("test_acc") is not None:
                 raise
             raise TeacherError(f"{e}; if it was trained with normalisation of its own (ImageNet's, for example), "
                                f"give it as mean and std (--set mean=[...] --set std=[...])") from None
-    else:
-        check_worth_distilling(info, Path(cfg.teacher).name, data.num_classes)
     warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
     if warning:
         print(warning, file=sys.stderr)
-    return data
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@ SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reducti
 RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
 # A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, a grid key, or a key the arms set)
 # against `reference`, separately within each stratum (the values of the `strata` keys and other grid keys).
-STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None}
+STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None, "correction": "holm"}
+STUDY_CORRECTIONS = ("holm", "bonferroni", "none")  # over all the comparisons of a study's table
 
 
 class SpaceError(UsageError):
@@ -214,6 +215,9 @@ def make_study(space: Space, where: str) -> None:
     split read once by each run after its last epoch."""
     st = space.study
     _positive_int(where, "study.seeds", st["seeds"])
+    if st["correction"] not in STUDY_CORRECTIONS:
+        raise SpaceError(f"{where}: study.correction: {st['correction']!r}; expected one of {', '.join(STUDY_CORRECTIONS)}"
+                         f"{did_you_mean(str(st['correction']), STUDY_CORRECTIONS)}")
     if space.search["searcher"] == "optuna" and space.params:
         raise SpaceError(f"{where}: study: seed replicates run fixed arms, but this space searches "
                          f"{', '.join(sorted(space.params))} with optuna; give it arms (or grid values) and "
@@ -260,10 +264,12 @@ def make_study(space: Space, where: str) -> None:
     else:
         # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
         strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
-    space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata}
+    space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata,
+                   "correction": st["correction"]}
     space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
     space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
     space.config["test_at_end"] = True
+    space.config.setdefault("deterministic", True)  # on CUDA: the same seed, the same run (docs/studies.md)
 
 
 def _check_strata(where, space: Space, by: str, reference: str, strata: list) -> None:

@@ -1,10 +1,12 @@
 """Studies: fixed arms, each run with seeds 0..N-1, compared pairwise with a reference arm.
 
 A study's numbers come from MLflow alone (the child runs of its parent), so the table the driver prints
-at the end and the one `tuner.report` rebuilds later are the same table. Per arm: n seeds, last-epoch
-validation accuracy and the student's foreground attention share as mean and standard deviation; the
-paired difference from the reference arm (same seed, same validation images) with a 95% t interval
-over the seed pairs; and, once every run of every arm has finished, the last-epoch test accuracy.
+at the end and the one `tuner.report` rebuilds later are the same table. Per arm: n seeds (and why any
+are missing), last-epoch validation accuracy and the student's foreground attention share (raw, and
+over the square's area) as mean and standard deviation; the paired difference from the reference arm
+(same seed, same validation images) with its 95% t interval and paired t test's p-value; and whether it
+is resolved after a family-wise correction over all the table's comparisons (Holm 1979 by default;
+docs/studies.md). Once every run of every arm has finished, the last-epoch test accuracy.
 """
 import html
 import math
@@ -13,12 +15,19 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from tuner.errors import UsageError
 from tuner.figures import plt, save_figure
 from tuner.tracking import PARENT_TAG
 
 TABLE_MD = "study_table.md"
 TABLE_HTML = "study_table.html"
 FIGURE = "study_comparison.png"
+ALPHA = 0.05  # family-wise error rate of a table's comparisons (per comparison with correction: none)
+CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni", "none": "no correction"}
+
+
+class StudyError(UsageError):
+    """A study whose runs cannot be compared as recorded (a run without a seed)."""
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -30,6 +39,33 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
         return mean, float("nan"), float("nan")
     half = stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided p-value of the paired t test (a one-sample t test of the differences against 0); nan
+    with fewer than 2 pairs or identical differences (no spread: the t statistic is undefined)."""
+    from scipy import stats
+
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        return float("nan")
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def adjust(pvalues: list[float], correction: str = "holm") -> list[float]:
+    """Family-wise adjusted p-values over every p-value given: Holm's step-down (1979), Bonferroni's, or
+    none. A comparison that cannot be tested (nan) stays in the family as p = 1: it is never resolved,
+    and it still counts."""
+    p = [1.0 if math.isnan(v) else float(v) for v in pvalues]
+    m = len(p)
+    if correction == "none":
+        return p
+    if correction == "bonferroni":
+        return [min(1.0, m * v) for v in p]
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        running = max(running, min(1.0, (m - rank) * p[i]))  # adjusted p-values never fall down the order
+        out[i] = running
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -48,18 +84,26 @@ def load_runs(client: MlflowClient, parent) -> list[dict]:
                                   max_results=5000)
     runs = []
     for r in children:
+        if "seed" not in r.data.params:  # read as seed 0, it would silently stand in for another run
+            raise StudyError(f"run {r.info.run_id} ({r.info.run_name}) of study {parent.info.run_id} records no seed; "
+                             f"a study pairs its runs by seed, so it cannot place this one")
         m = r.data.metrics  # MLflow's latest value of each metric: the last epoch's
         runs.append({"arm": str(r.data.params.get(by)), "stratum": tuple((k, r.data.params.get(k)) for k in strata),
-                     "seed": int(float(r.data.params.get("seed", 0))), "status": r.data.tags.get("sfkd.status", ""),
+                     "seed": int(float(r.data.params["seed"])), "status": r.data.tags.get("sfkd.status", ""),
+                     "reason": r.data.tags.get("sfkd.reason", ""),
                      "val_acc": m.get("val_acc"), "fg_share": m.get("student_fg_share"),
+                     "fg_enrichment": m.get("student_fg_enrichment"),
                      "teacher_fg_share": m.get("teacher_fg_share"), "test_acc": m.get("test_acc"),
-                     "precision": r.data.params.get("precision_used")})
+                     "precision": r.data.params.get("precision_used"), "method": r.data.params.get("method"),
+                     "taps": r.data.params.get("taps_student")})
     return runs
 
 
-def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str] | None = None) -> dict:
+def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str] | None = None,
+               correction: str = "holm") -> dict:
     """The study table as data: a row per (stratum, arm), the reference arm first in each stratum, each
-    arm paired by seed with the reference of its own stratum."""
+    arm paired by seed with the reference of its own stratum; resolution corrected over every comparison
+    of the table."""
     done = [r for r in runs if r["status"] == "completed" and r["val_acc"] is not None]
     arms = list(dict.fromkeys((arm_order or []) + sorted({r["arm"] for r in runs})))
     arms = [reference] + [a for a in arms if a != reference]
@@ -74,19 +118,48 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
             row = {"arm": arm, "label": label, "n": len(mine), "seeds": [r["seed"] for r in mine],
                    "val": mean_std([r["val_acc"] for r in mine]),
                    "fg": mean_std([r["fg_share"] for r in mine if r["fg_share"] is not None]),
-                   "val_by_seed": [r["val_acc"] for r in mine], "test_by_seed": [r["test_acc"] for r in mine]}
+                   "enrichment": mean_std([r["fg_enrichment"] for r in mine if r.get("fg_enrichment") is not None]),
+                   "val_by_seed": [r["val_acc"] for r in mine], "test_by_seed": [r["test_acc"] for r in mine],
+                   "missing": _missing(runs, arm, stratum, {r["seed"] for r in mine}, seeds)}
             if arm != reference:
                 diffs = [r["val_acc"] - ref[r["seed"]]["val_acc"] for r in mine if r["seed"] in ref]
                 row["pairs"] = len(diffs)
                 row["diff"] = t_interval(diffs) if diffs else (float("nan"),) * 3
+                row["identical"] = len(diffs) > 1 and statistics.stdev(diffs) == 0
+                row["p"] = paired_p(diffs)
             rows.append(row)
+    family = [r for r in rows if r["arm"] != reference]
+    for row, p_adj in zip(family, adjust([r["p"] for r in family], correction)):
+        row["p_adj"] = p_adj
+        row["resolved"] = row["pairs"] > 1 and not row["identical"] and p_adj < ALPHA
     complete = bool(rows) and all(r["n"] == seeds for r in rows) and all(
         t is not None for r in rows for t in r["test_by_seed"])
     for row in rows:
         if complete:
             row["test"] = mean_std(row["test_by_seed"])
     teacher = mean_std([r["teacher_fg_share"] for r in done if r["teacher_fg_share"] is not None])
-    return {"reference": reference, "seeds": seeds, "rows": rows, "complete": complete, "teacher_fg": teacher}
+    return {"reference": reference, "seeds": seeds, "rows": rows, "complete": complete, "teacher_fg": teacher,
+            "correction": correction, "family": len(family), "at_last_stage_only": _at_last_stage_only(done)}
+
+
+def _missing(runs: list[dict], arm: str, stratum: tuple, finished: set, seeds: int) -> list[str]:
+    """Why an arm has fewer finished runs than seeds: each missing seed with its run's status (diverged,
+    failed, stopped, interrupted) or 'not run'. A run that drops out is named, never silently absent."""
+    status = {r["seed"]: r for r in runs if r["arm"] == arm and r.get("stratum", ()) == stratum}
+    out = []
+    for seed in range(seeds):
+        if seed in finished:
+            continue
+        r = status.get(seed)
+        what = "not run" if r is None else (r["status"] or "unfinished")
+        out.append(f"seed {seed} {what}")
+    return out
+
+
+def _at_last_stage_only(runs: list[dict]) -> list[str]:
+    """The arms that distilled attention transfer at one tap only (the literature sums it over every stage
+    group: Zagoruyko and Komodakis 2017)."""
+    return sorted({r["arm"] for r in runs if r.get("method") == "at" and r.get("taps") and "," not in r["taps"]})
 
 
 def _pm(ms: tuple[float, float], digits: int = 2) -> str:
@@ -96,22 +169,46 @@ def _pm(ms: tuple[float, float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if math.isnan(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def verdict(diff: tuple[float, float, float], pairs: int) -> str:
-    mean, lo, hi = diff
+def difference(row: dict) -> str:
+    """The paired difference and its per-comparison 95% t interval, or why there is none."""
+    mean, lo, hi = row["diff"]
+    pairs = row["pairs"]
     if pairs < 2:
         return f"{mean:+.2f} (n = {pairs}: no interval)" if pairs else "no paired seed"
-    sign = "resolved, higher" if lo > 0 else "resolved, lower" if hi < 0 else "not resolved"
-    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}] ({sign})"
+    if row["identical"]:
+        return f"{mean:+.2f} (no spread: {pairs} identical pairs)"
+    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def resolution(row: dict) -> str:
+    if not row["resolved"]:
+        return "not resolved"
+    return "resolved, higher" if row["diff"][0] > 0 else "resolved, lower"
+
+
+def _count(m: int) -> str:
+    return f"{m} comparison{'' if m == 1 else 's'}"
+
+
+def _n(row: dict) -> str:
+    return str(row["n"]) + (f" ({'; '.join(row['missing'])})" if row["missing"] else "")
 
 
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["arm", "n", "val_acc (last epoch)", "student fg share", f"val_acc - {table['reference']} (95% CI)"]
+    corr = table["correction"]
+    head = ["arm", "n", "val_acc (last epoch)", "student fg share", "fg enrichment",
+            f"val_acc - {table['reference']} (95% CI)", "p (paired t)",
+            f"resolved ({CORRECTION_NAMES[corr]}{'' if corr == 'none' else ', ' + _count(table['family'])})"]
     if table["complete"]:
         head.append("test_acc (last epoch)")
     body = []
     for row in table["rows"]:
-        cells = [row["label"], str(row["n"]), _pm(row["val"]), _pm(row["fg"], 3),
-                 "(reference)" if row["arm"] == table["reference"] else verdict(row["diff"], row["pairs"])]
+        if row["arm"] == table["reference"]:
+            compared = ["(reference)", "", ""]
+        else:
+            p = row["p"]
+            compared = [difference(row), "-" if math.isnan(p) else f"{p:.3f}", resolution(row)]
+        cells = [row["label"], _n(row), _pm(row["val"]), _pm(row["fg"], 3), _pm(row["enrichment"], 2), *compared]
         if table["complete"]:
             cells.append(_pm(row["test"]))
         body.append(cells)
@@ -119,11 +216,24 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def notes(table: dict, precision: str | None) -> list[str]:
+    corr, m = table["correction"], table["family"]
     out = ["Mean ± standard deviation over seeds; differences are paired by seed (same initial student, "
-           "masks, training inputs and validation images) with a 95% t interval over the seed pairs. "
-           "An interval that excludes 0 is resolved."]
+           "masks, training inputs and validation images), with a 95% t interval over the seed pairs and the "
+           "paired t test's two-sided p-value."]
+    if corr == "none":
+        out.append(f"Resolved: p < 0.05 for that comparison alone (no correction for the table's {m} "
+                   f"comparison{'' if m == 1 else 's'}).")
+    else:
+        out.append(f"Resolved: significant at 5% after {CORRECTION_NAMES[corr]}'s correction over the {m} "
+                   f"comparison{'' if m == 1 else 's'} of this table (family-wise error 5%). The intervals are per "
+                   f"comparison: one that excludes 0 is not resolved by itself.")
+    out.append("fg enrichment: the foreground share over the square's share of the map's area (1.00: no "
+               "preference), which compares squares of different sizes; the raw share does not.")
     if not math.isnan(table["teacher_fg"][0]):
         out.append(f"The dense teacher's foreground share on the same images: {_pm(table['teacher_fg'], 3)}.")
+    if table.get("at_last_stage_only"):
+        out.append(f"Arm {', '.join(table['at_last_stage_only'])} distilled attention transfer at one tap only; "
+                   f"the literature sums it over every stage group (Zagoruyko and Komodakis 2017).")
     out.append("test_acc: the last epoch's test accuracy of each finished run, read once per run after its "
                "training ended; nothing was selected on it." if table["complete"] else
                "test_acc is shown once every run of every arm has finished.")
@@ -147,9 +257,10 @@ def html_table(table: dict, precision: str | None = None) -> str:
 
 
 def comparison_figure(table: dict, path: Path, by: str) -> Path:
-    """A dot per seed, the mean and its 95% t interval per arm (the reference in red)."""
+    """A dot per seed, the mean and its 95% t interval per arm (the reference in red); each compared arm's
+    label says whether its paired difference is resolved after the table's correction."""
     rows = table["rows"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.8), layout="constrained")
     for i, row in enumerate(rows):
         ys = row["val_by_seed"]
         if not ys:
@@ -161,9 +272,15 @@ def comparison_figure(table: dict, path: Path, by: str) -> Path:
         ax.errorbar([i + 0.2], [mean], yerr=None if math.isnan(lo) else [[mean - lo], [hi - mean]], fmt="o",
                     color=color, capsize=5, zorder=3)
     ax.errorbar([], [], yerr=[], fmt="o", color="black", capsize=5, label="mean and 95% t interval")
-    ax.set_xticks(range(len(rows)), [f"{r['label'].replace(', ', chr(10))}\n(n={r['n']})" for r in rows])
+    labels = []
+    for r in rows:
+        verdict = "reference" if r["arm"] == table["reference"] else resolution(r)
+        labels.append(f"{r['label'].replace(', ', chr(10))}\n(n={r['n']})\n{verdict}")
+    ax.set_xticks(range(len(rows)), labels)
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_xlabel(f"{by} (the reference, {table['reference']}, in red)")
+    corr = CORRECTION_NAMES[table["correction"]]
+    ax.set_xlabel(f"{by} (the reference, {table['reference']}, in red; resolved: paired, {corr}"
+                  f"{'' if table['correction'] == 'none' else ' over ' + _count(table['family'])})")
     ax.set_ylabel("last-epoch val_acc (%)")
     ax.set_title(f"Study: every arm over its seeds ({table['seeds']} per arm)")
     ax.grid(axis="y", alpha=0.3)
@@ -177,7 +294,7 @@ def build_study(client: MlflowClient, parent, out_dir: Path) -> tuple[list[Path]
     by, reference, seeds = p["study.compare_by"], p["study.reference"], int(p["study.seeds"])
     order = [a for a in p.get("study.arms", "").split(",") if a]
     runs = load_runs(client, parent)
-    table = comparison(runs, reference, seeds, order)
+    table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"))
     precisions = sorted({r["precision"] for r in runs if r["precision"]})
     text = markdown(table, ", ".join(precisions) or None)
     out_dir = Path(out_dir)

@@ -36,9 +36,12 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on
         if on_epoch is not None:
             on_epoch(f"teacher {cfg.student}: epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v}" for k, v in shown.items()))
     test = run.evaluate("test")
+    # The validation split, held out from a `train` teacher, is what a search judges it by (the test split
+    # decides nothing); a train+val teacher has none left.
+    val = {"val_acc": run.evaluate("val")["acc"]} if train_on == "train" and len(run.data.val_x) else {}
     epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown, test_acc=f"{test['acc']:.2f}")
     bar.close()
-    save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"],
+    save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"], **val,
                  test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed, trained_on=train_on,
                  split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
                  precision=run.precision, image_size=run.data.image_size, origin=origin)

@@ -20,6 +20,7 @@ class Method:
     distils_stages = False  # matches the student's `feature_stages` maps to the teacher's
     connectors = False  # a 1x1 conv connector per stage where the channel counts differ
     parts = ("ce", "kd")  # the names of the loss parts `losses` may return; the loop logs each as loss_<part>
+    default_stages = (-1,)  # the taps a config without feature_stages distils: the last map
 
     def resolve(self, cfg) -> None:
         """Fix, in place, the weights of loss terms this method does not have."""

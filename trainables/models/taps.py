@@ -16,6 +16,9 @@ import torch.nn as nn
 from trainables.models.sources import is_zoo
 
 LAST_MAP = -1
+# Every stage group's output (Zagoruyko and Komodakis 2017 apply attention transfer at each): zoo indices
+# 1..n-1 (index 0 is the stem); a model outside the zoo has no known groups and gives its last map.
+STAGE_GROUPS = "groups"
 
 
 class TapError(ValueError):
@@ -59,13 +62,23 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def resolve_taps(model: nn.Module, stages, image_size: int, who: str | None = None) -> list:
     """The taps of `stages` for this model: zoo indices stay indices; -1 of another model becomes the name
-    of its last spatial map; a name must be one of the model's modules (one line with the closest real
-    names otherwise)."""
+    of its last spatial map; "groups" becomes every stage group's output (STAGE_GROUPS); a name must be
+    one of the model's modules (one line with the closest real names otherwise)."""
     zoo = _is_zoo_model(model)
     who = who or str(getattr(model, "arch", "the model"))
     modules = dict(model.named_modules())
     out = []
     for s in stages:
+        if s == STAGE_GROUPS and s not in modules:
+            if zoo:  # the output of every stage group: each zoo map after its stem (index 0)
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    was = model.training
+                    _, maps = model.eval()(torch.zeros(1, 3, image_size, image_size, device=_device_of(model)),
+                                           return_features=True)
+                    model.train(was)
+                out.extend(range(1, len(maps)))
+                continue
+            s = LAST_MAP  # a model outside the zoo has no known stage groups: its last map
         if isinstance(s, bool) or not isinstance(s, (int, str)):
             raise TapError(f"{who}: tap {s!r} is neither a module name nor a stage index")
         if isinstance(s, int):
