@@ -171,6 +171,20 @@ def build(num_classes):
 '''
 
 
+def _final_run_of(student: str, tmp_path: Path) -> tuple[str, Path]:
+    """`tuner.final` of a one-epoch sparse `student` on synthetic data into a fresh sqlite store: (store
+    URI, the final sparse checkpoint)."""
+    config = tmp_path / "final.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "synthetic", "synthetic_size": 200, "student": student,
+                                      "teacher": "none", "method": "ft", "epochs": 1, "density": 0.3,
+                                      "sparse_init": "ERK", "batch_size": 50}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = subprocess.run([sys.executable, "-m", "tuner.final", "--config", str(config), "--out", str(tmp_path / "final"),
+                        "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return uri, next((tmp_path / "final").rglob("*.sfkd"))
+
+
 @pytest.mark.slow
 def test_a_user_code_student_is_registered_with_its_code_and_exports_dense_without_the_users_file(tmp_path):
     """The final run of a module:FILE.py student registers a model that predicts in a fresh process after
@@ -181,15 +195,7 @@ def test_a_user_code_student_is_registered_with_its_code_and_exports_dense_witho
     src = tmp_path / "elsewhere" / "my_net.py"
     src.parent.mkdir()
     src.write_text(USER_NET)
-    config = tmp_path / "final.yaml"
-    config.write_text(yaml.safe_dump({"dataset": "synthetic", "synthetic_size": 200, "student": f"module:{src}:build",
-                                      "teacher": "none", "method": "ft", "epochs": 1, "density": 0.3,
-                                      "sparse_init": "ERK", "batch_size": 50}))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    r = subprocess.run([sys.executable, "-m", "tuner.final", "--config", str(config), "--out", str(tmp_path / "final"),
-                        "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    ckpt = next((tmp_path / "final").rglob("*.sfkd"))
+    uri, ckpt = _final_run_of(f"module:{src}:build", tmp_path)
     r = subprocess.run([sys.executable, "-m", "tuner.checkpoint", str(ckpt), "--dense", str(tmp_path / "dense.pt")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -234,21 +240,14 @@ def test_a_user_code_student_is_registered_with_its_code_and_exports_dense_witho
 def test_a_timm_student_is_registered_and_predicts_by_name_as_its_checkpoint_does(tmp_path):
     """The final run of a timm student registers a model whose requirements name timm at this version,
     and which, loaded by name, gives the checkpoint's logits."""
-    config = tmp_path / "final.yaml"
-    config.write_text(yaml.safe_dump({"dataset": "synthetic", "synthetic_size": 200, "student": "timm:resnet10t",
-                                      "teacher": "none", "method": "ft", "epochs": 1, "density": 0.3,
-                                      "sparse_init": "ERK", "batch_size": 50}))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    r = subprocess.run([sys.executable, "-m", "tuner.final", "--config", str(config), "--out", str(tmp_path / "final"),
-                        "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+    uri, ckpt = _final_run_of("timm:resnet10t", tmp_path)
     import mlflow
     import timm
 
     from trainables.models import create_model
     from trainables.sparsity import load_sparse
 
-    state, _, meta = load_sparse(next((tmp_path / "final").rglob("*.sfkd")))
+    state, _, meta = load_sparse(ckpt)
     student = create_model(meta["config"]["student"], 10)
     student.load_state_dict(state)
     x = torch.randn(3, 3, 32, 32)
