@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables.config import ConfigError, DistillConfig
+from trainables.cost import count_macs, effective_macs
 from trainables.data import DataSplits, DeviceLoader
 from trainables.data.augment import normalize
 from trainables.inputs import digest_bytes, load_run_splits
@@ -122,6 +123,9 @@ class DistillRun:
                 self.notes.append(note)
         if cfg.sparse_init == "magnitude":
             self.student.load_state_dict(self.teacher.state_dict())
+        # MACs per image, counted once (docs/sparsity.md, "Cost"); the effective count follows the masks.
+        self.macs_dense, self.macs_by_layer = count_macs(self.student, self.data.image_size)
+        self.teacher_macs = count_macs(self.teacher, self.data.image_size)[0] if self.teacher is not None else None
         # The taps, resolved: zoo stage indices, or module names (-1 of another model: its last spatial map)
         self.student_taps, s_shapes, self.teacher_taps, t_shapes = distilled_maps(
             cfg, nc, self.data.image_size, with_teacher=self.teacher is not None)
@@ -247,6 +251,16 @@ class DistillRun:
                 "teacher_taps": ",".join(map(str, self.teacher_taps)),
                 "dense_layers": ",".join(k.removesuffix(".weight") for k, m in self.masks.items() if bool(m.all()))}
 
+    @property
+    def cost(self) -> dict[str, int]:
+        """MACs per image: the student's dense count, its effective count under the masks now, and the
+        teacher's (when the run has one)."""
+        out = {"macs_dense": self.macs_dense,
+               "macs_effective": effective_macs(self.macs_dense, self.macs_by_layer, self.masks)}
+        if self.teacher_macs is not None:
+            out["teacher_macs"] = self.teacher_macs
+        return out
+
     def measured_density(self) -> float:
         """The fraction of maskable weights the masks keep now (what a run reports as `density`)."""
         masks = self.masks.values()
@@ -332,6 +346,7 @@ class DistillRun:
         metrics = {"epoch": self.epoch, "loss": values["loss"], "train_acc": 100.0 * values["correct"], "lr": lr,
                    "density": self.measured_density(), "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
         metrics.update({f"loss_{k}": values[k] for k in LOSS_PARTS})
+        metrics.update(self.cost)  # after this epoch's pruning step: what the student costs now
         metrics["precision"] = self.precision  # what this run really used (auto resolves per machine)
         if self.cache is not None:
             metrics["teacher_cache_hit"] = float(cached is not None)
@@ -460,6 +475,7 @@ class DistillRun:
             "first_loss": self.first_loss,
             "preprocessing": self.preprocessing,
             "record": self.record,
+            "cost": self.cost,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
         }
 

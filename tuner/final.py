@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     state = run.state_dict()
     ckpt = out / "student.sfkd"
     head = save_sparse(ckpt, state["student"], state["masks"], run.scheduled_density, config=cfg.to_dict(),
-                       extra={"precision": run.precision, "preprocessing": run.preprocessing})
+                       extra={"precision": run.precision, "preprocessing": run.preprocessing, "cost": run.cost})
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
     tracker.log_artifact(run_id, str(out / PREPROCESSING_FILE), "checkpoint")
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         "density": f"{head['measured_density']:.6f}", "nonzero_params": head["nonzero_params"],
         "test_acc_last": f"{summary['test_acc_last']:.2f}", "size_bytes": ckpt.stat().st_size,
         "classes": json.dumps(pre["classes"]), "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
-        "image_size": pre["image_size"]}
+        "image_size": pre["image_size"], **run.cost}
     if tracker.flush():  # registering needs the run's writes in the store; at most WRITER_DRAIN_S waited
         # The registration and the run's end join the journal, so tuner.sync completes the run as it
         # would have ended: FINISHED, its metrics, its registered model.
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     tracker.end(run_id)
     optimistic = summary["test_acc_best_selected_on_test"]
     print(f"final {cfg.student} at density {head['measured_density']:.4f}: test top-1 {summary['test_acc_last']:.2f}, "
-          f"top-5 {summary['test_acc5_last']:.2f} (last epoch); best epoch on test {optimistic:.2f} "
+          f"top-5 {summary['test_acc5_last']:.2f} (last epoch); {run.cost['macs_effective'] / 1e6:,.1f} M MACs per "
+          f"image effective of {run.cost['macs_dense'] / 1e6:,.1f} M dense; best epoch on test {optimistic:.2f} "
           f"(epoch {summary['best_epoch_selected_on_test']}, selected on test: optimistic); checkpoint {ckpt}; "
           f"registered {model_name} v{registered}")
     return 0

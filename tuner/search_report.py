@@ -13,6 +13,7 @@ from pathlib import Path
 from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 
+from trainables.cost import format_macs
 from tuner.errors import UsageError
 from tuner.figures import plt, save_figure
 from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, load_study, study_importances
@@ -44,7 +45,8 @@ def load_trials(client: MlflowClient, parent, metric: str = "val_acc") -> list[d
         trials.append({"trial_id": run.data.tags.get("sfkd.trial_id", run.info.run_id[:8]),
                        "status": run.data.tags.get("sfkd.status", run.info.status.lower()),
                        "params": dict(run.data.params), "curve": history,
-                       "best": score_of(run.data.metrics, metric), "run_id": run.info.run_id})
+                       "best": score_of(run.data.metrics, metric), "run_id": run.info.run_id,
+                       "macs": (run.data.metrics.get("macs_effective"), run.data.metrics.get("macs_dense"))})
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
@@ -162,7 +164,9 @@ def importance_figure(imp: dict[str, float], objective: str, path: Path) -> Path
 
 def top_configs(trials: list[dict], keys: list[str], n: int = 5, metric: str = "val_acc", mode: str = "max") -> list[dict]:
     return [{"trial": t["trial_id"], "status": t["status"], "epochs": len(t["curve"]), f"best {metric}": f"{t['best']:.4g}",
+             "M MACs (effective / dense)": format_macs(*t.get("macs", (None, None))),
              **{k: _shown(t["params"].get(k, "")) for k in keys}} for t in best_first(trials, mode)[:n]]
+
 
 
 def _shown(text: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from trainables.cost import format_macs
 from tuner.errors import UsageError
 from tuner.figures import plt, save_figure
 from tuner.tracking import PARENT_TAG
@@ -95,7 +96,8 @@ def load_runs(client: MlflowClient, parent) -> list[dict]:
                      "fg_enrichment": m.get("student_fg_enrichment"),
                      "teacher_fg_share": m.get("teacher_fg_share"), "test_acc": m.get("test_acc"),
                      "precision": r.data.params.get("precision_used"), "method": r.data.params.get("method"),
-                     "taps": r.data.params.get("taps_student")})
+                     "taps": r.data.params.get("taps_student"),
+                     "macs": (m.get("macs_effective"), m.get("macs_dense"))})
     return runs
 
 
@@ -120,7 +122,8 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
                    "fg": mean_std([r["fg_share"] for r in mine if r["fg_share"] is not None]),
                    "enrichment": mean_std([r["fg_enrichment"] for r in mine if r.get("fg_enrichment") is not None]),
                    "val_by_seed": [r["val_acc"] for r in mine], "test_by_seed": [r["test_acc"] for r in mine],
-                   "missing": _missing(runs, arm, stratum, {r["seed"] for r in mine}, seeds)}
+                   "missing": _missing(runs, arm, stratum, {r["seed"] for r in mine}, seeds),
+                   "macs": _mean_macs([r.get("macs", (None, None)) for r in mine])}
             if arm != reference:
                 diffs = [r["val_acc"] - ref[r["seed"]]["val_acc"] for r in mine if r["seed"] in ref]
                 row["pairs"] = len(diffs)
@@ -140,6 +143,15 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
     teacher = mean_std([r["teacher_fg_share"] for r in done if r["teacher_fg_share"] is not None])
     return {"reference": reference, "seeds": seeds, "rows": rows, "complete": complete, "teacher_fg": teacher,
             "correction": correction, "family": len(family), "at_last_stage_only": _at_last_stage_only(done)}
+
+
+def _mean_macs(pairs: list[tuple]) -> tuple:
+    """(effective, dense) MACs per image averaged over an arm's runs (random inits move the effective
+    count a little from seed to seed); None where runs did not record them."""
+    known = [p for p in pairs if p[0] is not None and p[1] is not None]
+    if not known:
+        return None, None
+    return statistics.mean(p[0] for p in known), statistics.mean(p[1] for p in known)
 
 
 def _missing(runs: list[dict], arm: str, stratum: tuple, finished: set, seeds: int) -> list[str]:
@@ -198,7 +210,8 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     corr = table["correction"]
     head = ["arm", "n", "val_acc (last epoch)", "student fg share", "fg enrichment",
             f"val_acc - {table['reference']} (95% CI)", "p (paired t)",
-            f"resolved ({CORRECTION_NAMES[corr]}{'' if corr == 'none' else ', ' + _count(table['family'])})"]
+            f"resolved ({CORRECTION_NAMES[corr]}{'' if corr == 'none' else ', ' + _count(table['family'])})",
+            "M MACs (effective / dense)"]
     if table["complete"]:
         head.append("test_acc (last epoch)")
     body = []
@@ -208,7 +221,8 @@ def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
         else:
             p = row["p"]
             compared = [difference(row), "-" if math.isnan(p) else f"{p:.3f}", resolution(row)]
-        cells = [row["label"], _n(row), _pm(row["val"]), _pm(row["fg"], 3), _pm(row["enrichment"], 2), *compared]
+        cells = [row["label"], _n(row), _pm(row["val"]), _pm(row["fg"], 3), _pm(row["enrichment"], 2), *compared,
+                 format_macs(*row["macs"])]
         if table["complete"]:
             cells.append(_pm(row["test"]))
         body.append(cells)
