@@ -12,7 +12,7 @@ from torch.func import functional_call, grad, jvp
 from trainables import DistillConfig, DistillRun
 from trainables.models import create_model
 from trainables.sparsity import init_masks
-from trainables.teacher_file import save_teacher
+from trainables.teacher_file import read_teacher_file, save_teacher
 
 TINY = dict(dataset="synthetic", synthetic_size=400, student="resnet8", teacher_arch="resnet8", epochs=1,
             batch_size=32, lr=0.05, density=0.3, sparse_init="ERK", fg_size=4, seed=3)
@@ -136,9 +136,11 @@ def test_grasp_keeps_the_weights_whose_removal_least_reduces_gradient_flow():
     assert not all(torch.equal(flipped[k], want[k]) for k in want)  # a flipped sign would be caught
 
 
-def _teacher_file(tmp_path, **recipe):
-    return save_teacher(tmp_path / "teacher.pt", create_model("resnet8", 10), "resnet8", "synthetic", 10, 50.0,
-                        epochs=3, **recipe)
+def _teacher_file(tmp_path, trained, **recipe):
+    """The trained resnet8's weights (it passes the search's accuracy gate) under the given recipe."""
+    model = create_model("resnet8", 10)
+    model.load_state_dict(read_teacher_file(trained)["state_dict"])
+    return save_teacher(tmp_path / "teacher.pt", model, "resnet8", "synthetic", 10, 50.0, epochs=3, **recipe)
 
 
 @pytest.mark.parametrize("recipe,refused", [
@@ -146,9 +148,9 @@ def _teacher_file(tmp_path, **recipe):
     ({"trained_on": "train", "split_seed": 1, "val_fraction": 0.1, "dataset": "synthetic"}, True),
     ({"trained_on": "train", "split_seed": 0, "val_fraction": 0.1, "dataset": "synthetic"}, False),
 ])
-def test_the_search_refuses_a_teacher_that_saw_the_validation_split(tmp_path, recipe, refused):
+def test_the_search_refuses_a_teacher_that_saw_the_validation_split(tmp_path, trained_teacher_file, recipe, refused):
     recipe = {k: v for k, v in recipe.items() if k != "dataset"}
-    path = _teacher_file(tmp_path, **recipe)
+    path = _teacher_file(tmp_path, trained_teacher_file, **recipe)
     r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", "smoke", "--set", f"teacher={path}",
                         "--storage-path", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
                         "--set", "search.num_samples=1", "--epochs", "1", "--set", "synthetic_size=200", "--quiet"],

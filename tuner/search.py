@@ -226,6 +226,10 @@ def check_teacher_file(cfg, data, checked) -> None:
 
     teacher, info = load_teacher(Path(cfg.teacher).expanduser(), cfg.teacher_arch, data.num_classes,
                                  image_size=data.image_size)
+    # First whether it saw these validation images at all: its accuracy on them would say nothing.
+    warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
+    if warning:
+        print(warning, file=sys.stderr)
     if len(checked.val_x):
         measured = evaluate_model(teacher, checked.val_x, checked.val_y, checked.mean, checked.std,
                                   torch.device("cpu"))["acc"]
@@ -239,9 +243,6 @@ def check_teacher_file(cfg, data, checked) -> None:
                 raise
             raise TeacherError(f"{e}; if it was trained with normalisation of its own (ImageNet's, for example), "
                                f"give it as mean and std (--set mean=[...] --set std=[...])") from None
-    warning = check_never_saw_validation(info, cfg.teacher, cfg.dataset, cfg.split_seed, cfg.val_fraction)
-    if warning:
-        print(warning, file=sys.stderr)
 
 
 def main(argv=None) -> int:
