@@ -80,3 +80,17 @@ def test_a_final_run_of_a_teacherless_config_trains_and_registers(tmp_path):
     assert final.main(["--config", str(tmp_path / "ft.yaml"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
                        "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "student.sfkd").is_file()
+
+
+def test_a_teacher_must_reach_twice_chance_or_half_way_to_100_where_that_is_lower():
+    from trainables.teacher_file import check_worth_distilling, worth_distilling_bar
+
+    # 10 classes: chance 10, bar 20. 3 classes: 33.3 -> min(66.7, 66.7). 2 classes: min(100, 75) = 75.
+    assert worth_distilling_bar(10) == pytest.approx(20.0) and worth_distilling_bar(2) == pytest.approx(75.0)
+    assert worth_distilling_bar(3) == pytest.approx(200 / 3)
+    check_worth_distilling(80.0, "t.pt", 2)  # a good binary teacher passes (under "twice chance" it could not)
+    with pytest.raises(TeacherError, match=r"validation top-1 70.00%, not clearly above chance \(50.00% for 2"):
+        check_worth_distilling(70.0, "t.pt", 2)
+    check_worth_distilling(20.0, "t.pt", 10)
+    with pytest.raises(TeacherError, match="not clearly above chance"):
+        check_worth_distilling(19.9, "t.pt", 10)

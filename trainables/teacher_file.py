@@ -105,12 +105,19 @@ def check_never_saw_validation(info: dict, path, dataset: str, split_seed: int, 
     return None
 
 
-def check_worth_distilling(acc: float, name: str, num_classes: int, split: str = "validation") -> None:
-    """Raise TeacherError when a teacher's top-1 on the search's validation split is under twice chance:
-    every student distilled from it would learn noise. (Never judged on test: that would be a decision
-    taken on the test split.)"""
+def worth_distilling_bar(num_classes: int) -> float:
+    """The top-1 (%) a teacher needs: twice chance, or half-way from chance to 100% where that is lower
+    (two classes: 75%, not an impossible 100%; from three classes on, twice chance)."""
     chance = 100.0 / num_classes
-    if acc >= 2 * chance:
+    return min(2 * chance, chance + (100.0 - chance) / 2)
+
+
+def check_worth_distilling(acc: float, name: str, num_classes: int, split: str = "validation") -> None:
+    """Raise TeacherError when a teacher's top-1 on the search's validation split is under
+    worth_distilling_bar: every student distilled from it would learn noise. (Never judged on test: that
+    would be a decision taken on the test split.)"""
+    chance = 100.0 / num_classes
+    if acc >= worth_distilling_bar(num_classes):
         return
     raise TeacherError(
         f"teacher {name} has {split} top-1 {acc:.2f}%, not clearly above chance ({chance:.2f}% for {num_classes} "
