@@ -123,7 +123,9 @@ def main(argv=None) -> int:
     head = save_sparse(ckpt, state["student"], state["masks"], run.scheduled_density, config=cfg.to_dict(),
                        extra={"precision": run.precision, "preprocessing": run.preprocessing, "cost": run.cost})
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
+    onnx_file, onnx_gap = export_final_onnx(run, out / "student.onnx")
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
+    tracker.log_artifact(run_id, str(onnx_file), "checkpoint")
     tracker.log_artifact(run_id, str(out / PREPROCESSING_FILE), "checkpoint")
     torch.save(run.last_probe, out / PROBE_FILE)
     log_run_figures(tracker, run_id, out / PROBE_FILE, out / "figures")
@@ -150,8 +152,26 @@ def main(argv=None) -> int:
           f"top-5 {summary['test_acc5_last']:.2f} (last epoch); {run.cost['macs_effective'] / 1e6:,.1f} M MACs per "
           f"image effective of {run.cost['macs_dense'] / 1e6:,.1f} M dense; best epoch on test {optimistic:.2f} "
           f"(epoch {summary['best_epoch_selected_on_test']}, selected on test: optimistic); checkpoint {ckpt}; "
-          f"registered {model_name} v{registered}")
+          f"registered {model_name} v{registered}; ONNX {onnx_file} (within {onnx_gap:.1e} of PyTorch on "
+          f"{ONNX_CHECK_IMAGES} test images in ONNX Runtime)")
     return 0
+
+
+ONNX_CHECK_IMAGES = 64
+
+
+def export_final_onnx(run, path: Path) -> tuple[Path, float]:
+    """The trained student as ONNX beside its checkpoint, verified in ONNX Runtime against PyTorch on the
+    first ONNX_CHECK_IMAGES real test images, normalised as the model is fed."""
+    import torch
+
+    from trainables.data.augment import normalize
+    from trainables.onnx_export import export_onnx, verify_onnx
+
+    data = run.data
+    export_onnx(run.student, path, data.image_size)
+    images = normalize(data.test_x[:ONNX_CHECK_IMAGES], torch.tensor(data.mean), torch.tensor(data.std))
+    return path, verify_onnx(path, run.student, images)
 
 
 def default_model_name(cfg: DistillConfig) -> str:
