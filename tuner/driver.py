@@ -97,7 +97,9 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
               f"{storage.uri(rel)}", flush=True)
     values["teacher"] = str(path)
     info = read_teacher_file(path)
-    if "val_acc" in info:  # teachers cached by an older version recorded test only: judged in the trials' data
+    # A teacher cached by an older version recorded test accuracy only; it passed the gate on that when it
+    # was trained, and is not judged again.
+    if "val_acc" in info:
         check_worth_distilling(info["val_acc"], f"{base.teacher_arch} (auto, {epochs} epochs)", info["num_classes"])
     return path, acc
 
