@@ -22,7 +22,7 @@ def cifar_images(cifar10_dir):
 
     classes = sorted(p.name for p in (cifar10_dir / "test").iterdir())[:8]
     files = [sorted((cifar10_dir / "test" / c).iterdir())[:2] for c in classes]
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
                      for pair in files for f in pair])
     mean, std = MEAN_STD["cifar10"]
     return normalize(x, torch.tensor(mean), torch.tensor(std))
