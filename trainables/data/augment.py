@@ -104,7 +104,7 @@ def apply_params(x_uint8: torch.Tensor, params: tuple) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (or float 0-255) pixels -> float, scaled to 0-1 and normalised per channel."""
-    x = x.float().div(255.0)
+    x = x.to(dtype=torch.float32, copy=True).div_(255.0)  # one new tensor, as on the hot path before
     return x.sub_(mean.to(x.device).view(1, -1, 1, 1)).div_(std.to(x.device).view(1, -1, 1, 1))
 
 
