@@ -38,6 +38,20 @@ def test_a_sparse_student_exported_to_onnx_gives_pytorchs_logits_in_onnx_runtime
     assert onnx_logits(path, cifar_images[:3]).shape == (3, 10)  # the batch axis is dynamic
 
 
+@pytest.mark.parametrize("spec", ["resnet20", "torchvision:mobilenet_v3_small"])
+def test_a_2_of_4_student_exported_to_onnx_gives_pytorchs_logits_in_onnx_runtime(spec, cifar_images, tmp_path):
+    from trainables.sparsity import maskable_parameters
+    from trainables.sparsity.patterns import check_nm, nm_masks
+
+    torch.manual_seed(0)
+    model = create_model(spec, 10)
+    masks, _ = nm_masks(maskable_parameters(model), 2, 4)
+    apply_masks(model, masks)
+    check_nm(masks, 2, 4, {k: p.detach() for k, p in maskable_parameters(model).items()})
+    path = export_onnx(model, tmp_path / "student.onnx", 32)
+    assert verify_onnx(path, model, cifar_images) <= 1e-4
+
+
 def test_an_export_that_does_not_match_its_model_is_caught(cifar_images, tmp_path):
     model = create_model("resnet20", 10)
     path = export_onnx(model, tmp_path / "student.onnx", 32)
@@ -48,10 +62,12 @@ def test_an_export_that_does_not_match_its_model_is_caught(cifar_images, tmp_pat
 
 
 @pytest.mark.slow
-def test_tuner_checkpoint_exports_a_final_runs_student_to_onnx(tmp_path):
+@pytest.mark.parametrize("sparsity", ["density: 0.3\nsparse_init: ERK\n", "sparsity_pattern: '2:4'\n"],
+                         ids=["unstructured", "2:4"])
+def test_tuner_checkpoint_exports_a_final_runs_student_to_onnx(sparsity, tmp_path):
     config = tmp_path / "final.yaml"
     config.write_text("dataset: synthetic\nsynthetic_size: 200\nstudent: resnet8\nteacher: none\nmethod: ft\n"
-                      "epochs: 1\ndensity: 0.3\nsparse_init: ERK\nbatch_size: 50\n")
+                      "epochs: 1\nbatch_size: 50\n" + sparsity)
     r = subprocess.run([sys.executable, "-m", "tuner.final", "--config", str(config), "--out", str(tmp_path / "final"),
                         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=600)

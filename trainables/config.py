@@ -11,6 +11,8 @@ from trainables.methods import METHODS, get_method
 from trainables.models.sources import ModelSourceError, check_spec
 from trainables.precision import MEMORY_FORMATS, PRECISIONS
 from trainables.sparsity.allocation import INIT_METHODS
+from trainables.sparsity.layers import SparsityError
+from trainables.sparsity.patterns import parse_pattern
 from trainables.sparsity.schedule import SCHEDULES
 
 SFKD_NORMS = ("map", "region")
@@ -83,7 +85,11 @@ class DistillConfig:
     # Sparsity
     density: float | None = None
     sparsity: float | None = None
-    sparse_init: str = "ERK"
+    # None: ERK for unstructured masks; for N:M, uniform (each group's largest |w| of the student's own
+    # initial weights), or magnitude (of the teacher's copy)
+    sparse_init: str | None = None
+    # unstructured, or N:M (at most N of every M consecutive input-channel weights; docs/sparsity.md, Patterns)
+    sparsity_pattern: str = "unstructured"
     scored_positions: bool = True
     score_per_class: int = 10  # SNIP/GraSP score on this many training images per class (stratified, seeded)
     prune_schedule: str = "one-shot"
@@ -162,6 +168,14 @@ class DistillConfig:
         if self.sparsity is not None:
             _in_range("sparsity", self.sparsity, 0.0, 1.0, lo_open=False, hi_open=True)
             self.density, self.sparsity = 1.0 - float(self.sparsity), None
+        try:
+            nm = parse_pattern(self.sparsity_pattern)
+        except SparsityError as e:
+            raise ConfigError(str(e)) from None
+        if nm is not None:
+            self._check_nm(*nm)
+        if self.sparse_init is None:
+            self.sparse_init = "ERK"
         if self.density is None:
             self.density = 0.9
         _in_range("density", self.density, 0.0, 1.0, lo_open=True)
@@ -242,6 +256,30 @@ class DistillConfig:
         if self.teacher == "none" and self.uses_teacher:
             raise ConfigError(f"method {self.method} with sparse_init {self.sparse_init} needs a teacher; teacher is 'none'")
 
+    def _check_nm(self, n: int, m: int) -> None:
+        """N:M fixes the density (N/M on every layer that can hold it) and picks each group's positions by
+        magnitude, once: density, when given, must say the same, and the init and schedule must fit."""
+        nominal = n / m
+        if self.density is None:
+            self.density = nominal
+        elif abs(float(self.density) - nominal) > 1e-9:
+            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} keeps {n} of every {m} weights (density "
+                              f"{nominal:g}); density {self.density:g} cannot hold with it: leave density out")
+        if self.sparse_init is None:
+            self.sparse_init = "uniform"
+        if self.sparse_init not in ("uniform", "magnitude"):
+            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} keeps each group's largest |w|: sparse_init must "
+                              f"be uniform (the student's own initial weights) or magnitude (the teacher's copy), "
+                              f"not {self.sparse_init}")
+        if self.prune_schedule != "one-shot":
+            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} is drawn once (prune_schedule one-shot); "
+                              f"{self.prune_schedule} pruning is defined for unstructured masks only")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) of an N:M pattern, None for unstructured masks."""
+        return parse_pattern(self.sparsity_pattern)
+
     def fg_cells(self, height: int, width: int) -> int:
         """The foreground square's side on a height x width map: fg_size, or fg_fraction of the shorter
         side rounded (at least 1 cell), so one space fits 32 px and 224 px (docs/method.md, Losses)."""
@@ -294,6 +332,9 @@ def _coerce(key, value, hint):
         return value
     if origin is str and isinstance(value, str):
         return value
+    if key == "sparsity_pattern" and isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(f"sparsity_pattern: {value!r} is a number: YAML reads an unquoted N:M such as 2:4 as a "
+                          f"base-60 number; quote it ('2:4')")
     if origin is list and isinstance(value, (list, tuple)):
         return list(value)
     expected = getattr(origin, "__name__", str(origin))

@@ -28,6 +28,7 @@ from trainables.sparsity import (
     pruning_plan,
 )
 from trainables.sparsity.layers import layer_roles
+from trainables.sparsity.patterns import check_nm, nm_masks
 from trainables.stages import check_feature_config, distilled_maps
 from trainables.teacher_file import load_student_weights, load_teacher
 
@@ -143,6 +144,8 @@ class DistillRun:
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         apply_masks(self.student, self._initial_masks(), self.optimizer)
+        if cfg.nm is not None:  # N:M fixes each layer's count; layers that cannot hold it stay dense
+            self.scheduled_density = self.measured_density()
         # Compiled callables share the modules' parameters; state, masks and evaluation use the modules.
         self.student_forward, self.teacher_forward = self.student, self.teacher
         if cfg.compile:
@@ -234,6 +237,9 @@ class DistillRun:
         cfg = self.cfg
         if self.plan:  # iterative / cubic: start dense from the teacher's weights
             return {k: torch.ones_like(p, dtype=torch.bool) for k, p in maskable_parameters(self.student).items()}
+        if cfg.nm is not None:  # the student's start weights (its own, or the teacher's copy), per group
+            masks, _ = nm_masks(maskable_parameters(self.student), *cfg.nm)
+            return masks
         kw = {"seed": cfg.seed, "scored_positions": cfg.scored_positions, "image_size": self.data.image_size}
         if cfg.sparse_init in ("SNIP", "GraSP"):
             kw["batches"] = self._score_batches()
@@ -450,7 +456,10 @@ class DistillRun:
 
     # -- state --------------------------------------------------------------------------------
     def check_sparsity(self) -> float:
-        return check_density(self.student, self.masks, self.scheduled_density)
+        measured = check_density(self.student, self.masks, self.scheduled_density)
+        if self.cfg.nm is not None:
+            check_nm(self.masks, *self.cfg.nm, {k: p.detach() for k, p in maskable_parameters(self.student).items()})
+        return measured
 
     @property
     def preprocessing(self) -> dict:

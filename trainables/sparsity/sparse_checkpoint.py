@@ -17,6 +17,7 @@ import torch
 
 from trainables.sparsity.enforce import check_density
 from trainables.sparsity.layers import SparsityError
+from trainables.sparsity.patterns import UNSTRUCTURED, check_nm, parse_pattern
 
 MAGIC = b"SFKDSPR1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -62,6 +63,7 @@ def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], schedule
     (the target once it is done), is asserted against the masks first and recorded beside the measured
     one. Returns the header (with sizes and counts)."""
     measured = check_density(state_dict, masks, scheduled_density)
+    _check_pattern(config or {}, masks, state_dict)
     # Masked tensors go into one flat value tensor and one flat bitmask: a record per tensor in the
     # zip container would cost more than the bitmask itself for small layers.
     values, bitmasks, shapes, dense = [], [], {}, {}
@@ -96,6 +98,13 @@ def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], schedule
         f.write(MAGIC + struct.pack("<Q", len(head)) + head + blob)
     os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
     return header
+
+
+def _check_pattern(config: dict, masks: dict, weights: dict) -> None:
+    """The pattern the config names holds exactly, in the masks and in the stored weights."""
+    nm = parse_pattern(config.get("sparsity_pattern", UNSTRUCTURED))
+    if nm is not None:
+        check_nm(masks, *nm, weights)
 
 
 def read_header(path) -> tuple[dict, bytes]:
@@ -153,6 +162,10 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
     density = payload["scheduled_density"] if expect_density is None else float(expect_density)
     try:
         check_density(state, masks, density)
+    except SparsityError as e:
+        raise SparsityError(f"{path}: {e}") from None
+    try:
+        _check_pattern(payload["config"], masks, state)
     except SparsityError as e:
         raise SparsityError(f"{path}: {e}") from None
     meta = {k: payload[k] for k in ("config", "scheduled_density", "measured_density", "nnz", "extra")}
