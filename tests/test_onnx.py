@@ -73,6 +73,13 @@ def test_tuner_checkpoint_exports_a_final_runs_student_to_onnx(sparsity, tmp_pat
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test images in ONNX Runtime)" in r.stdout and (tmp_path / "final" / "student.onnx").exists()
+    assert "; latency at batch 1 on this CPU: " in r.stdout  # measured and said with the test accuracy
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    final = [run for exp in client.search_experiments() for run in client.search_runs([exp.experiment_id])]
+    assert len(final) == 1
+    assert {f"latency_ms_b{b}_{e}" for b in (1, 64) for e in ("torch", "onnx")} <= set(final[0].data.metrics)
     ckpt = next((tmp_path / "final").rglob("*.sfkd"))
     r = subprocess.run([sys.executable, "-m", "tuner.checkpoint", str(ckpt), "--onnx", str(tmp_path / "again.onnx")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -124,6 +124,8 @@ def main(argv=None) -> int:
                        extra={"precision": run.precision, "preprocessing": run.preprocessing, "cost": run.cost})
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     onnx_file, onnx_gap = export_final_onnx(run, out / "student.onnx")
+    latency = final_latency(run, onnx_file)
+    tracker.log_metrics(run_id, latency, step=cfg.epochs)
     tracker.log_artifact(run_id, str(ckpt), "checkpoint")
     tracker.log_artifact(run_id, str(onnx_file), "checkpoint")
     tracker.log_artifact(run_id, str(out / PREPROCESSING_FILE), "checkpoint")
@@ -153,8 +155,32 @@ def main(argv=None) -> int:
           f"image effective of {run.cost['macs_dense'] / 1e6:,.1f} M dense; best epoch on test {optimistic:.2f} "
           f"(epoch {summary['best_epoch_selected_on_test']}, selected on test: optimistic); checkpoint {ckpt}; "
           f"registered {model_name} v{registered}; ONNX {onnx_file} (within {onnx_gap:.1e} of PyTorch on "
-          f"{ONNX_CHECK_IMAGES} test images in ONNX Runtime)")
+          f"{ONNX_CHECK_IMAGES} test images in ONNX Runtime); {latency_phrase(latency)}")
     return 0
+
+
+LATENCY_MIN_TIME_S = 0.25  # per measurement; python -m tuner.checkpoint --latency measures longer
+
+
+def final_latency(run, onnx_file: Path) -> dict[str, float]:
+    """The student's (and teacher's) median CPU time per batch at batch 1 and 64, eager PyTorch and ONNX
+    Runtime, as the metrics the run logs (docs/sparsity.md, "Latency")."""
+    from trainables.latency import as_metrics, measure_latency, measure_with_onnx
+
+    size = run.data.image_size
+    out = as_metrics(measure_latency(run.student, size, onnx_file, min_time=LATENCY_MIN_TIME_S))
+    if run.teacher is not None:
+        out.update(as_metrics(measure_with_onnx(run.teacher, size, min_time=LATENCY_MIN_TIME_S), prefix="teacher_"))
+    return out
+
+
+def latency_phrase(latency: dict[str, float]) -> str:
+    """'latency at batch 1 on this CPU: 1.20 ms PyTorch, 0.80 ms ONNX Runtime (teacher 3.10 / 2.00)'."""
+    text = (f"latency at batch 1 on this CPU: {latency['latency_ms_b1_torch']:.2f} ms PyTorch, "
+            f"{latency['latency_ms_b1_onnx']:.2f} ms ONNX Runtime")
+    if "teacher_latency_ms_b1_torch" in latency:
+        text += f" (teacher {latency['teacher_latency_ms_b1_torch']:.2f} / {latency['teacher_latency_ms_b1_onnx']:.2f})"
+    return text
 
 
 ONNX_CHECK_IMAGES = 64
