@@ -1,0 +1,65 @@
+"""Channel sparsity with Torch-Pruning's DepGraph (docs/sparsity.md, "Patterns"): whole output channels
+removed from a residual and a depthwise network to a target density, every shape consistent, the forward
+pass working, and a pruned state_dict loadable into a fresh model re-shaped to it."""
+import pytest
+import torch
+import torch.nn as nn
+
+from trainables.models import create_model
+from trainables.sparsity import maskable_parameters
+from trainables.sparsity.channels import TOLERANCE, maskable_weight_count, prune_channels, shape_like
+
+
+def _shapes(model):
+    return {k: p.shape for k, p in maskable_parameters(model).items()}
+
+
+@pytest.mark.parametrize("spec, size", [("resnet20", 32), ("torchvision:mobilenet_v3_small", 64)])
+@pytest.mark.parametrize("density", [0.5, 0.25])
+def test_a_network_pruned_to_a_target_has_consistent_shapes_and_runs(spec, size, density):
+    torch.manual_seed(0)
+    model = create_model(spec, 10)
+    pruned, kept = prune_channels(model, density, size)
+    assert abs(kept - density) <= TOLERANCE
+    assert kept == maskable_weight_count(pruned) / maskable_weight_count(model)
+    assert _shapes(model) == _shapes(create_model(spec, 10))  # the original is left whole
+    assert pruned.eval()(torch.randn(3, 3, size, size)).shape == (3, 10)  # one logit per class still
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(c.out_channels for c in convs) < sum(c.out_channels for c in model.modules() if isinstance(c, nn.Conv2d))
+    for c in convs:
+        assert c.weight.shape == (c.out_channels, c.in_channels // c.groups, *c.kernel_size)
+    for bn in (m for m in pruned.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert bn.weight.shape == bn.running_mean.shape == (bn.num_features,)
+    if spec == "resnet20":
+        # The residual additions tie the stem and every block's last conv in a stage: they lose channels
+        # together, which only a dependency graph knows.
+        stage1 = [pruned.conv1.out_channels] + [b.conv2.out_channels for b in pruned.layer1]
+        assert len(set(stage1)) == 1 and stage1[0] < 16
+    else:
+        depthwise = [c for c in convs if c.groups > 1]
+        assert depthwise and all(c.groups == c.in_channels == c.out_channels for c in depthwise)
+
+
+def test_a_pruned_state_dict_loads_into_a_fresh_model_reshaped_to_it_and_computes_the_same():
+    torch.manual_seed(0)
+    pruned, _ = prune_channels(create_model("resnet20", 10), 0.5, 32)
+    fresh = shape_like(create_model("resnet20", 10), _shapes(pruned), 32)
+    fresh.load_state_dict(pruned.state_dict())  # strict: every tensor's shape matches
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(fresh.eval()(x), pruned.eval()(x))
+
+
+def test_channels_are_ranked_by_magnitude_so_a_network_with_dead_channels_loses_those_first():
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10)
+    with torch.no_grad():  # stage 3's first block: its inner conv's last 32 of 64 channels carry nothing
+        model.layer3[0].conv1.weight[32:] = 0.0
+        model.layer3[0].bn1.weight[32:] = 0.0
+        model.layer3[0].bn1.bias[32:] = 0.0
+        model.layer3[0].conv2.weight[:, 32:] = 0.0
+    pruned, _ = prune_channels(model, 0.5, 32)
+    survivors = pruned.layer3[0].conv1.weight.flatten(1)
+    # The group loses some of its 64 channels; ranked by L2 norm, every one it loses is dead, so all 32 live
+    # channels survive (a random ranking would lose some of them).
+    assert 32 < survivors.shape[0] < 64
+    assert int((survivors.norm(dim=1) > 0).sum()) == 32
