@@ -204,6 +204,7 @@ CASES = [  # (id, argv, what the line must say)
     ("N:M with another density", S + ["--set", "sparsity_pattern='1:4'", "--set", "sparse_init=uniform"],
      "density 0.5 cannot hold with it"),
     ("N:M with ERK", S + ["--set", "sparsity_pattern='2:4'"], "sparse_init must be uniform"),
+    ("channel with ERK", S + ["--set", "sparsity_pattern=channel"], "channel ranks channels by the L2 norm"),
     ("missing data folder", S + ["--dataset", "cifar10", "--data-dir", "{r}/missing"], "does not exist"),
     ("empty data folder", S + ["--dataset", "imagefolder", "--data-dir", "{r}/empty"], "is not an ImageFolder tree"),
     ("missing teacher", S + ["--set", "teacher={r}/missing.pt"], "teacher file"),

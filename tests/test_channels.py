@@ -63,3 +63,51 @@ def test_channels_are_ranked_by_magnitude_so_a_network_with_dead_channels_loses_
     # channels survive (a random ranking would lose some of them).
     assert 32 < survivors.shape[0] < 64
     assert int((survivors.norm(dim=1) > 0).sum()) == 32
+
+
+def test_a_channel_pruned_run_trains_a_smaller_dense_student_whose_checkpoint_rebuilds_and_exports(
+        tmp_path, tiny_teacher_file):
+    import subprocess
+    import sys
+
+    from trainables import DistillRun
+    from trainables.sparsity import load_sparse, save_sparse
+    from trainables.sparsity.channels import fit_to_checkpoint
+
+    # SF-KD from the teacher's copy pruned to half its weights: the student's last map has fewer channels
+    # than the teacher's, so its connector is a real 1x1 conv, not an identity.
+    run = DistillRun({"dataset": "synthetic", "synthetic_size": 200, "teacher": str(tiny_teacher_file),
+                      "teacher_arch": "resnet8", "student": "resnet8", "method": "sfkd", "sparsity_pattern": "channel",
+                      "sparse_init": "magnitude", "density": 0.5, "epochs": 1, "batch_size": 50}, device="cpu")
+    assert abs(run.scheduled_density - 0.5) <= TOLERANCE
+    assert run.dense_weights == maskable_weight_count(create_model("resnet8", 10))
+    assert [type(c).__name__ for c in run.connectors] == ["Connector"]
+    assert run.cost["macs_effective"] == run.cost["macs_dense"] < run.cost["teacher_macs"]  # really smaller
+    assert all(bool(m.all()) for m in run.masks.values()) and run.record["dense_layers"] == ""
+    metrics = run.train_epoch()
+    assert metrics["density"] == run.scheduled_density
+
+    state = run.state_dict()
+    ckpt = tmp_path / "student.sfkd"
+    save_sparse(ckpt, state["student"], state["masks"], run.scheduled_density, config=run.cfg.to_dict(),
+                extra={"preprocessing": run.preprocessing, "cost": run.cost}, dense_weights=run.dense_weights)
+    loaded, _, meta = load_sparse(ckpt)
+    assert meta["measured_density"] == run.scheduled_density and meta["dense_weights"] == run.dense_weights
+    fresh = fit_to_checkpoint(create_model("resnet8", 10), loaded, meta["config"], 32)
+    fresh.load_state_dict(loaded)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fresh.eval()(x), run.student.eval()(x))
+    r = subprocess.run([sys.executable, "-m", "tuner.checkpoint", str(ckpt), "--onnx", str(tmp_path / "s.onnx")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "onnx -> " in r.stdout, r.stdout + r.stderr
+
+
+def test_channel_pruning_ranks_the_start_weights_once():
+    from trainables.config import ConfigError, DistillConfig
+
+    assert DistillConfig.from_dict({"sparsity_pattern": "channel"}).sparse_init == "uniform"
+    for values, says in [({"sparsity_pattern": "channel", "sparse_init": "ERK"}, "sparse_init must be uniform"),
+                         ({"sparsity_pattern": "channel", "sparse_init": "magnitude", "prune_schedule": "iterative",
+                           "student": "resnet8", "teacher_arch": "resnet8"}, "channel pruning is not built")]:
+        with pytest.raises(ConfigError, match=says):
+            DistillConfig.from_dict(values)

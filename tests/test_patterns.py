@@ -10,10 +10,10 @@ from trainables.sparsity.patterns import check_nm, nm_masks, parse_pattern
 
 
 def test_parse_pattern_reads_unstructured_and_n_of_m():
-    assert parse_pattern("unstructured") is None
+    assert parse_pattern("unstructured") is None and parse_pattern("channel") is None
     assert parse_pattern("2:4") == (2, 4)
     assert parse_pattern("1:8") == (1, 8)
-    for bad in ("4:2", "0:4", "4:4", "2-4", "channel", ""):
+    for bad in ("4:2", "0:4", "4:4", "2-4", "channels", ""):
         with pytest.raises(SparsityError, match="sparsity_pattern"):
             parse_pattern(bad)
 

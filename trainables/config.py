@@ -12,7 +12,7 @@ from trainables.models.sources import ModelSourceError, check_spec
 from trainables.precision import MEMORY_FORMATS, PRECISIONS
 from trainables.sparsity.allocation import INIT_METHODS
 from trainables.sparsity.layers import SparsityError
-from trainables.sparsity.patterns import parse_pattern
+from trainables.sparsity.patterns import CHANNEL, parse_pattern
 from trainables.sparsity.schedule import SCHEDULES
 
 SFKD_NORMS = ("map", "region")
@@ -85,10 +85,11 @@ class DistillConfig:
     # Sparsity
     density: float | None = None
     sparsity: float | None = None
-    # None: ERK for unstructured masks; for N:M, uniform (each group's largest |w| of the student's own
-    # initial weights), or magnitude (of the teacher's copy)
+    # None: ERK for unstructured masks; for N:M and channel, uniform (ranked by the student's own initial
+    # weights), or magnitude (by the teacher's copy)
     sparse_init: str | None = None
-    # unstructured, or N:M (at most N of every M consecutive input-channel weights; docs/sparsity.md, Patterns)
+    # unstructured; channel (whole channels removed: a smaller dense student); or N:M (at most N of every M
+    # consecutive input-channel weights). docs/sparsity.md, Patterns
     sparsity_pattern: str = "unstructured"
     scored_positions: bool = True
     score_per_class: int = 10  # SNIP/GraSP score on this many training images per class (stratified, seeded)
@@ -174,6 +175,8 @@ class DistillConfig:
             raise ConfigError(str(e)) from None
         if nm is not None:
             self._check_nm(*nm)
+        elif self.sparsity_pattern == CHANNEL:
+            self._check_channel()
         if self.sparse_init is None:
             self.sparse_init = "ERK"
         if self.density is None:
@@ -274,6 +277,23 @@ class DistillConfig:
         if self.prune_schedule != "one-shot":
             raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} is drawn once (prune_schedule one-shot); "
                               f"{self.prune_schedule} pruning is defined for unstructured masks only")
+
+    def _check_channel(self) -> None:
+        """Channel pruning ranks the channels of the weights the student starts from, once."""
+        if self.sparse_init is None:
+            self.sparse_init = "uniform"
+        if self.sparse_init not in ("uniform", "magnitude"):
+            raise ConfigError(f"sparsity_pattern channel ranks channels by the L2 norm of the start weights: sparse_init "
+                              f"must be uniform (the student's own initial weights) or magnitude (the teacher's copy), "
+                              f"not {self.sparse_init}")
+        if self.prune_schedule != "one-shot":
+            raise ConfigError(f"sparsity_pattern channel prunes once, before training (prune_schedule one-shot); "
+                              f"{self.prune_schedule} channel pruning is not built")
+
+    @property
+    def channel(self) -> bool:
+        """Whether whole channels are removed (a smaller dense student) rather than weights masked."""
+        return self.sparsity_pattern == CHANNEL
 
     @property
     def nm(self) -> tuple[int, int] | None:

@@ -109,7 +109,8 @@ class SFKDTrainable(tune.Trainable):
         state = self.run.state_dict()
         extra = {k: v for k, v in state.items() if k not in ("student", "masks")}
         save_sparse(Path(checkpoint_dir) / CHECKPOINT_FILE, state["student"], state["masks"],
-                    self.run.scheduled_density, config=self.run.cfg.to_dict(), extra=extra)
+                    self.run.scheduled_density, config=self.run.cfg.to_dict(), extra=extra,
+                    dense_weights=self.run.dense_weights)
         if self.run.last_probe is not None:
             torch.save(self.run.last_probe, Path(checkpoint_dir) / PROBE_FILE)
 

@@ -27,6 +27,7 @@ from trainables.sparsity import (
     prune_by_magnitude,
     pruning_plan,
 )
+from trainables.sparsity.channels import maskable_weight_count, prune_channels
 from trainables.sparsity.layers import layer_roles
 from trainables.sparsity.patterns import check_nm, nm_masks
 from trainables.stages import check_feature_config, distilled_maps
@@ -124,6 +125,10 @@ class DistillRun:
                 self.notes.append(note)
         if cfg.sparse_init == "magnitude":
             self.student.load_state_dict(self.teacher.state_dict())
+        # A channel-pruned student is a smaller dense network; its density is a fraction of this one's weights.
+        self.dense_weights = maskable_weight_count(self.student) if cfg.channel else None
+        if cfg.channel:
+            self.student, _ = prune_channels(self.student, cfg.density, self.data.image_size)
         # MACs per image, counted once (docs/sparsity.md, "Cost"); the effective count follows the masks.
         self.macs_dense, self.macs_by_layer = count_macs(self.student, self.data.image_size)
         self.teacher_macs = count_macs(self.teacher, self.data.image_size)[0] if self.teacher is not None else None
@@ -131,6 +136,8 @@ class DistillRun:
         self.student_taps, s_shapes, self.teacher_taps, t_shapes = distilled_maps(
             cfg, nc, self.data.image_size, with_teacher=self.teacher is not None)
         self.student_taps, self.teacher_taps = list(self.student_taps), list(self.teacher_taps)
+        if cfg.channel:  # fewer channels than the architecture's at each tap: the connectors adapt them
+            s_shapes = self._student_tap_shapes()
         self.connectors = self._build_connectors(s_shapes, t_shapes)
         momenta = [m.momentum for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_recalibrate = (cfg.bn_recalibrate if cfg.bn_recalibrate is not None
@@ -144,7 +151,7 @@ class DistillRun:
         params = list(self.student.parameters()) + list(self.connectors.parameters())
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         apply_masks(self.student, self._initial_masks(), self.optimizer)
-        if cfg.nm is not None:  # N:M fixes each layer's count; layers that cannot hold it stay dense
+        if cfg.nm is not None or cfg.channel:  # the pattern fixes the count: N:M's dense layers, channel granularity
             self.scheduled_density = self.measured_density()
         # Compiled callables share the modules' parameters; state, masks and evaluation use the modules.
         self.student_forward, self.teacher_forward = self.student, self.teacher
@@ -173,6 +180,15 @@ class DistillRun:
             c_s, c_t = s[0], t[0]
             connectors.append(Connector(c_s, c_t) if c_s != c_t else nn.Identity())
         return connectors.to(self.device)
+
+    def _student_tap_shapes(self) -> tuple:
+        """C x H x W at each student tap of the student as built (after channel pruning), one dummy forward."""
+        was_training = self.student.training
+        x = torch.zeros(1, 3, self.data.image_size, self.data.image_size, device=self.device)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            _, maps = forward_taps(self.student.eval(), x, self.student_taps)
+        self.student.train(was_training)
+        return tuple(tuple(m.shape[1:]) for m in maps)
 
     def _distilled(self, taps: list) -> list:
         """The taps the method distils: all of them, or none (KD and FT read logits only)."""
@@ -235,7 +251,7 @@ class DistillRun:
 
     def _initial_masks(self) -> dict:
         cfg = self.cfg
-        if self.plan:  # iterative / cubic: start dense from the teacher's weights
+        if self.plan or cfg.channel:  # iterative / cubic: start dense from the teacher's weights; channel: pruned
             return {k: torch.ones_like(p, dtype=torch.bool) for k, p in maskable_parameters(self.student).items()}
         if cfg.nm is not None:  # the student's start weights (its own, or the teacher's copy), per group
             masks, _ = nm_masks(maskable_parameters(self.student), *cfg.nm)
@@ -255,7 +271,8 @@ class DistillRun:
         the checkpoint): the taps resolved to zoo indices or module names."""
         return {"student_taps": ",".join(map(str, self.student_taps)),
                 "teacher_taps": ",".join(map(str, self.teacher_taps)),
-                "dense_layers": ",".join(k.removesuffix(".weight") for k, m in self.masks.items() if bool(m.all()))}
+                "dense_layers": "" if self.cfg.channel else  # every layer of a channel-pruned student is dense
+                ",".join(k.removesuffix(".weight") for k, m in self.masks.items() if bool(m.all()))}
 
     @property
     def cost(self) -> dict[str, int]:
@@ -268,9 +285,10 @@ class DistillRun:
         return out
 
     def measured_density(self) -> float:
-        """The fraction of maskable weights the masks keep now (what a run reports as `density`)."""
+        """The fraction of maskable weights the masks keep now (what a run reports as `density`); of a
+        channel-pruned student, the fraction of the unpruned network's."""
         masks = self.masks.values()
-        return sum(int(m.sum()) for m in masks) / max(1, sum(m.numel() for m in masks))
+        return sum(int(m.sum()) for m in masks) / max(1, self.dense_weights or sum(m.numel() for m in masks))
 
     # -- training -----------------------------------------------------------------------------
     def _prune_if_planned(self) -> None:
@@ -456,7 +474,7 @@ class DistillRun:
 
     # -- state --------------------------------------------------------------------------------
     def check_sparsity(self) -> float:
-        measured = check_density(self.student, self.masks, self.scheduled_density)
+        measured = check_density(self.student, self.masks, self.scheduled_density, self.dense_weights)
         if self.cfg.nm is not None:
             check_nm(self.masks, *self.cfg.nm, {k: p.detach() for k, p in maskable_parameters(self.student).items()})
         return measured
@@ -478,6 +496,7 @@ class DistillRun:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "scheduled_density": self.scheduled_density,
+            "dense_weights": self.dense_weights,
             "best": dict(self.best),
             "density_history": list(self.density_history),
             "precision": self.precision,

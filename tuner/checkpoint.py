@@ -48,11 +48,12 @@ def main(argv=None) -> int:
 def _student_of(state: dict, meta: dict):
     """(the checkpoint's student with its weights, its image size, its class count)."""
     from trainables.models import create_model
+    from trainables.sparsity.channels import fit_to_checkpoint
 
     pre = meta.get("preprocessing") or meta["extra"].get("preprocessing") or {}
     size = int(pre.get("image_size") or meta["config"].get("image_size") or 32)
     classes = len(pre["classes"]) if pre.get("classes") else _classes_of(state)
-    model = create_model(meta["config"]["student"], classes)
+    model = fit_to_checkpoint(create_model(meta["config"]["student"], classes), state, meta["config"], size)
     model.load_state_dict(state)
     return model, size, classes
 

@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     state = run.state_dict()
     ckpt = out / "student.sfkd"
     head = save_sparse(ckpt, state["student"], state["masks"], run.scheduled_density, config=cfg.to_dict(),
-                       extra={"precision": run.precision, "preprocessing": run.preprocessing, "cost": run.cost})
+                       extra={"precision": run.precision, "preprocessing": run.preprocessing, "cost": run.cost},
+                       dense_weights=run.dense_weights)
     (out / PREPROCESSING_FILE).write_text(json.dumps(run.preprocessing, indent=2))
     onnx_file, onnx_gap = export_final_onnx(run, out / "student.onnx")
     latency = final_latency(run, onnx_file)

@@ -23,10 +23,12 @@ class SparseStudent(mlflow.pyfunc.PythonModel):
 
         from trainables.models import create_model
         from trainables.sparsity import load_sparse
+        from trainables.sparsity.channels import fit_to_checkpoint
 
         state, _, meta = load_sparse(context.artifacts[CHECKPOINT_KEY])
         self.preprocessing = json.loads(Path(context.artifacts[PREPROCESSING_KEY]).read_text())
-        self.model = create_model(shipped_spec(meta["config"]["student"]), len(self.preprocessing["classes"]))
+        model = create_model(shipped_spec(meta["config"]["student"]), len(self.preprocessing["classes"]))
+        self.model = fit_to_checkpoint(model, state, meta["config"], int(self.preprocessing["image_size"]))
         self.model.load_state_dict(state)
         self.model.eval()
 
@@ -57,7 +59,8 @@ def student_code_and_requirements(checkpoint: Path) -> tuple[list[str], list[str
     from trainables.models.sources import split_spec, user_code_file
     from trainables.sparsity import load_sparse
 
-    spec = load_sparse(checkpoint)[2]["config"]["student"]
+    config = load_sparse(checkpoint)[2]["config"]
+    spec = config["student"]
     kind, _ = split_spec(spec)
     code = [str(Path(trainables.__file__).parent), str(Path(__file__).parent)]
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
@@ -65,6 +68,10 @@ def student_code_and_requirements(checkpoint: Path) -> tuple[list[str], list[str
         import importlib
 
         requirements.append(f"{kind}=={importlib.import_module(kind).__version__.split('+')[0]}")
+    if config.get("sparsity_pattern") == "channel":  # rebuilding the pruned student's shapes needs DepGraph
+        from importlib.metadata import version  # torch_pruning.__version__ lags its release (1.6.0 in 1.6.1)
+
+        requirements.append(f"torch-pruning=={version('torch-pruning')}")
     user_file = user_code_file(spec)
     if user_file is not None:
         code.append(str(user_file))

@@ -92,3 +92,12 @@ def shape_like(model: nn.Module, shapes: dict[str, torch.Size], image_size: int 
         raise SparsityError(f"layer {wrong[0]}: the checkpoint's shape {tuple(shapes[wrong[0]])} cannot be reached by "
                             f"removing channels from {got}")
     return model
+
+
+def fit_to_checkpoint(model: nn.Module, state: dict, config: dict, image_size: int) -> nn.Module:
+    """A freshly built student made ready for a checkpoint's state_dict: re-shaped to it when the
+    checkpoint's config says its channels were pruned, as it is otherwise."""
+    if config.get("sparsity_pattern") != "channel":
+        return model
+    shapes = {k: state[k].shape for k in maskable_parameters(model) if k in state}
+    return shape_like(model, shapes, image_size)

@@ -75,9 +75,10 @@ def mask_weights_(model: nn.Module) -> None:
         torch._foreach_mul_(list(weights), list(masks))
 
 
-def check_density(model_or_state, masks: dict[str, torch.Tensor], density: float) -> float:
+def check_density(model_or_state, masks: dict[str, torch.Tensor], density: float, total: int | None = None) -> float:
     """Assert that the weights outside each mask are zero and that the masks keep
-    round(density * N) weights within one per layer. Returns the measured density."""
+    round(density * N) weights within one per layer, N the masks' size or, for a channel-pruned network,
+    `total`: the maskable weights of the network it was pruned from. Returns the measured density."""
     if isinstance(model_or_state, nn.Module):
         weights = {k: p.detach() for k, p in maskable_parameters(model_or_state).items()}
     else:
@@ -88,7 +89,7 @@ def check_density(model_or_state, masks: dict[str, torch.Tensor], density: float
         outside = int((weights[name].to(mask.device)[~mask] != 0).sum())
         if outside:
             raise SparsityError(f"layer {name}: {outside} pruned weights are nonzero")
-    total = sum(m.numel() for m in masks.values())
+    total = int(total) if total else sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     want = round(float(density) * total)
     if abs(kept - want) > len(masks):

@@ -16,18 +16,19 @@ import torch
 
 from trainables.sparsity.layers import SparsityError
 
-UNSTRUCTURED = "unstructured"
-PATTERN_CHOICES = (UNSTRUCTURED, "N:M (e.g. 2:4)")
+UNSTRUCTURED, CHANNEL = "unstructured", "channel"
+PATTERN_CHOICES = (UNSTRUCTURED, CHANNEL, "N:M (e.g. 2:4)")
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """None for `unstructured`, (N, M) for an N:M pattern; SparsityError for anything else."""
-    if pattern == UNSTRUCTURED:
+    """(N, M) for an N:M pattern, None for `unstructured` and `channel` (trainables.sparsity.channels);
+    SparsityError for anything else."""
+    if pattern in (UNSTRUCTURED, CHANNEL):
         return None
     match = _NM.match(str(pattern).strip())
     if not match:
-        raise SparsityError(f"sparsity_pattern: unknown value {pattern!r} (expected {' or '.join(PATTERN_CHOICES)})")
+        raise SparsityError(f"sparsity_pattern: unknown value {pattern!r} (expected {', '.join(PATTERN_CHOICES)})")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
         raise SparsityError(f"sparsity_pattern {pattern}: N:M needs 0 < N < M (N kept of every M), got N={n}, M={m}")

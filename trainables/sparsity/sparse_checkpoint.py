@@ -58,11 +58,12 @@ def _ungroup(grouped: dict) -> dict[str, torch.Tensor]:
 
 
 def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], scheduled_density: float,
-                config: dict | None = None, extra: dict | None = None) -> dict:
+                config: dict | None = None, extra: dict | None = None, dense_weights: int | None = None) -> dict:
     """Write `state_dict` sparsely. `scheduled_density`, the density the pruning schedule has reached
     (the target once it is done), is asserted against the masks first and recorded beside the measured
-    one. Returns the header (with sizes and counts)."""
-    measured = check_density(state_dict, masks, scheduled_density)
+    one. `dense_weights`: for a channel-pruned student, the maskable weights of the network it was pruned
+    from, which its density is a fraction of. Returns the header (with sizes and counts)."""
+    measured = check_density(state_dict, masks, scheduled_density, dense_weights)
     _check_pattern(config or {}, masks, state_dict)
     # Masked tensors go into one flat value tensor and one flat bitmask: a record per tensor in the
     # zip container would cost more than the bitmask itself for small layers.
@@ -84,6 +85,8 @@ def save_sparse(path, state_dict: dict, masks: dict[str, torch.Tensor], schedule
         "config": config or {}, "scheduled_density": float(scheduled_density), "measured_density": measured,
         "nnz": nnz, "extra": extra or {},
     }
+    if dense_weights:
+        payload["dense_weights"] = int(dense_weights)
     buf = io.BytesIO()
     torch.save(payload, buf)
     blob = buf.getvalue()
@@ -161,7 +164,7 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
     density = payload["scheduled_density"] if expect_density is None else float(expect_density)
     try:
-        check_density(state, masks, density)
+        check_density(state, masks, density, payload.get("dense_weights"))
     except SparsityError as e:
         raise SparsityError(f"{path}: {e}") from None
     try:
@@ -169,6 +172,7 @@ def load_sparse(path, expect_density: float | None = None) -> tuple[dict, dict, 
     except SparsityError as e:
         raise SparsityError(f"{path}: {e}") from None
     meta = {k: payload[k] for k in ("config", "scheduled_density", "measured_density", "nnz", "extra")}
+    meta["dense_weights"] = payload.get("dense_weights")
     return state, masks, meta
 
 
@@ -196,6 +200,9 @@ def _check_payload(path, payload) -> None:
     if payload["values"].numel() != sum(nnz[n] for n in shapes):
         raise SparsityError(f"{path}: checkpoint payload holds {payload['values'].numel()} kept values, its counts "
                             f"say {sum(nnz[n] for n in shapes)}")
+    dense_weights = payload.get("dense_weights")
+    if dense_weights is not None and not (isinstance(dense_weights, int) and dense_weights > 0):
+        raise SparsityError(f"{path}: checkpoint payload has no valid 'dense_weights' ({dense_weights!r})")
     if payload["values"].is_floating_point() and not torch.isfinite(payload["values"]).all():
         raise SparsityError(f"{path}: checkpoint holds weights that are not finite (nan or inf)")
 
