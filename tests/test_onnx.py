@@ -62,8 +62,9 @@ def test_an_export_that_does_not_match_its_model_is_caught(cifar_images, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sparsity", ["density: 0.3\nsparse_init: ERK\n", "sparsity_pattern: '2:4'\n"],
-                         ids=["unstructured", "2:4"])
+@pytest.mark.parametrize("sparsity", ["density: 0.3\nsparse_init: ERK\n", "sparsity_pattern: '2:4'\n",
+                                      "sparsity_pattern: channel\ndensity: 0.5\n"],
+                         ids=["unstructured", "2:4", "channel"])
 def test_tuner_checkpoint_exports_a_final_runs_student_to_onnx(sparsity, tmp_path):
     config = tmp_path / "final.yaml"
     config.write_text("dataset: synthetic\nsynthetic_size: 200\nstudent: resnet8\nteacher: none\nmethod: ft\n"
@@ -80,6 +81,14 @@ def test_tuner_checkpoint_exports_a_final_runs_student_to_onnx(sparsity, tmp_pat
     final = [run for exp in client.search_experiments() for run in client.search_runs([exp.experiment_id])]
     assert len(final) == 1
     assert {f"latency_ms_b{b}_{e}" for b in (1, 64) for e in ("torch", "onnx")} <= set(final[0].data.metrics)
+    # The registered MLflow model loads by name (a channel-pruned student rebuilt to its shapes) and gives the
+    # ONNX file's logits.
+    from trainables.onnx_export import onnx_logits
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    loaded = mlflow.pyfunc.load_model("models:/sfkd-resnet8-synthetic/1")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert np.abs(loaded.predict(x.numpy()) - onnx_logits(tmp_path / "final" / "student.onnx", x)).max() <= 1e-4
     ckpt = next((tmp_path / "final").rglob("*.sfkd"))
     r = subprocess.run([sys.executable, "-m", "tuner.checkpoint", str(ckpt), "--onnx", str(tmp_path / "again.onnx")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
