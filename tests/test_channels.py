@@ -108,6 +108,6 @@ def test_channel_pruning_ranks_the_start_weights_once():
     assert DistillConfig.from_dict({"sparsity_pattern": "channel"}).sparse_init == "uniform"
     for values, says in [({"sparsity_pattern": "channel", "sparse_init": "ERK"}, "sparse_init must be uniform"),
                          ({"sparsity_pattern": "channel", "sparse_init": "magnitude", "prune_schedule": "iterative",
-                           "student": "resnet8", "teacher_arch": "resnet8"}, "channel pruning is not built")]:
+                           "student": "resnet8", "teacher_arch": "resnet8"}, "built for unstructured masks only")]:
         with pytest.raises(ConfigError, match=says):
             DistillConfig.from_dict(values)

@@ -176,7 +176,7 @@ class DistillConfig:
         if nm is not None:
             self._check_nm(*nm)
         elif self.sparsity_pattern == CHANNEL:
-            self._check_channel()
+            self._check_ranked_start("ranks channels by the L2 norm of the start weights")
         if self.sparse_init is None:
             self.sparse_init = "ERK"
         if self.density is None:
@@ -268,27 +268,19 @@ class DistillConfig:
         elif abs(float(self.density) - nominal) > 1e-9:
             raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} keeps {n} of every {m} weights (density "
                               f"{nominal:g}); density {self.density:g} cannot hold with it: leave density out")
-        if self.sparse_init is None:
-            self.sparse_init = "uniform"
-        if self.sparse_init not in ("uniform", "magnitude"):
-            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} keeps each group's largest |w|: sparse_init must "
-                              f"be uniform (the student's own initial weights) or magnitude (the teacher's copy), "
-                              f"not {self.sparse_init}")
-        if self.prune_schedule != "one-shot":
-            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} is drawn once (prune_schedule one-shot); "
-                              f"{self.prune_schedule} pruning is defined for unstructured masks only")
+        self._check_ranked_start("keeps each group's largest |w|")
 
-    def _check_channel(self) -> None:
-        """Channel pruning ranks the channels of the weights the student starts from, once."""
+    def _check_ranked_start(self, ranks: str) -> None:
+        """N:M and channel patterns rank the weights the student starts from (its own initial weights, or the
+        teacher's copy), once, before training."""
         if self.sparse_init is None:
             self.sparse_init = "uniform"
         if self.sparse_init not in ("uniform", "magnitude"):
-            raise ConfigError(f"sparsity_pattern channel ranks channels by the L2 norm of the start weights: sparse_init "
-                              f"must be uniform (the student's own initial weights) or magnitude (the teacher's copy), "
-                              f"not {self.sparse_init}")
+            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} {ranks}: sparse_init must be uniform (the "
+                              f"student's own initial weights) or magnitude (the teacher's copy), not {self.sparse_init}")
         if self.prune_schedule != "one-shot":
-            raise ConfigError(f"sparsity_pattern channel prunes once, before training (prune_schedule one-shot); "
-                              f"{self.prune_schedule} channel pruning is not built")
+            raise ConfigError(f"sparsity_pattern {self.sparsity_pattern} is drawn once, before training (prune_schedule "
+                              f"one-shot); {self.prune_schedule} pruning is built for unstructured masks only")
 
     @property
     def channel(self) -> bool:
