@@ -50,7 +50,7 @@ def _student_of(state: dict, meta: dict):
     from trainables.models import create_model
     from trainables.sparsity.channels import fit_to_checkpoint
 
-    pre = meta.get("preprocessing") or meta["extra"].get("preprocessing") or {}
+    pre = meta["extra"].get("preprocessing") or {}  # the run's own record (image size, classes)
     size = int(pre.get("image_size") or meta["config"].get("image_size") or 32)
     classes = len(pre["classes"]) if pre.get("classes") else _classes_of(state)
     model = fit_to_checkpoint(create_model(meta["config"]["student"], classes), state, meta["config"], size)
