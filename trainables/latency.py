@@ -6,12 +6,11 @@ passed, the per-call mean of each block, their median and interquartile range), 
 the two columns are measured the same way; ONNX Runtime gets the same thread count as PyTorch.
 """
 import copy
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import logging
 
 import torch
 import torch.nn as nn
@@ -27,7 +26,6 @@ finally:
     _cpp_log.setLevel(_level)
 
 BATCHES = (1, 64)
-ENGINES = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
