@@ -130,6 +130,78 @@ def test_search_killed_with_sigkill_resumes_without_rerunning_or_duplicating(ray
     assert parents[0].info.status == "FINISHED"
 
 
+ARMS_STUDY = """
+description: two arms, three seeds, one trial at a time (a test study)
+config:
+  dataset: synthetic
+  synthetic_size: 400
+  teacher: {teacher}
+  teacher_arch: resnet8
+  student: resnet8
+  density: 0.5
+  sparse_init: ERK
+  epochs: 2
+  batch_size: 16
+arms:
+  ft: {{method: ft}}
+  kd: {{method: kd, alpha: 0.5, beta: 0.5, temperature: 2.0}}
+study:
+  seeds: 3
+  by: arm
+  reference: kd
+search:
+  searcher: grid
+  max_concurrent: 1
+resources:
+  cpu: 1
+"""
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_grid_resumes_and_every_later_trial_gets_its_arms_recipe(ray_session, tmp_path,
+                                                                                      trained_teacher_file):
+    """An arm's values reach each trial through Ray's sample_from, which Ray saves as placeholders. Trials
+    that the grid creates only after a resume must still get their arm's values, not the placeholders."""
+    space_file = tmp_path / "arms.yaml"
+    space_file.write_text(ARMS_STUDY.format(teacher=trained_teacher_file))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    address = ray_session.get_runtime_context().gcs_address
+    # 6 trials, one at a time: trials 1-3 run, the 4th parks, the 5th and 6th do not exist yet when the
+    # driver is killed, so the resumed search creates them.
+    proc = _start_gated_search(tmp_path, uri, address, "--space", str(space_file), "--name", "arms")
+    deadline = time.monotonic() + 400
+    ended = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if not list((tmp_path / "gate").glob("parked*")):
+            continue
+        try:
+            _, _, ended = _children(uri, "arms")
+        except Exception:  # noqa: BLE001 - the experiment may not exist yet
+            continue
+        ended = [c for c in ended if c.data.tags.get("sfkd.status") == "completed"]
+        if len(ended) == 3:
+            break
+    assert proc.poll() is None, proc.stdout.read()
+    assert len(ended) == 3, "the study did not reach the parked state in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", str(space_file), "--storage-path",
+                        str(tmp_path / "runs"), "--address", address, "--resume", "--name", "arms", "--quiet"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "__fn_ph" not in r.stdout + r.stderr
+    client, (parent,), children = _children(uri, "arms")
+    assert sorted((c.data.params["arm"], c.data.params["seed"]) for c in children) == [
+        (a, str(s)) for a in ("ft", "kd") for s in range(3)]
+    for c in children:
+        assert c.data.tags["sfkd.status"] == "completed", (c.data.params["arm"], c.data.tags)
+        recipe = {"ft": ("ft", "4.0"), "kd": ("kd", "2.0")}[c.data.params["arm"]]
+        assert (c.data.params["method"], c.data.params["temperature"]) == recipe
+    assert parent.info.status == "FINISHED"
+
+
 @pytest.mark.parametrize("args,expect", [
     (["--resume"], "no previous search of space 'smoke'"),
     (["--resume", "--name", "not-a-search"], "is not a search folder"),

@@ -259,8 +259,10 @@ def _search_recorded(space, storage: RunStorage, name: str, args, resume, state:
         callbacks.append(PrintCallback(printer))
     resources = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}
     if resume:
+        # The space goes in again: Ray saves a study's per-arm values (sample_from) as placeholders, and
+        # without it every trial created after the restore would get those placeholders for values.
         tuner = tune.Tuner.restore(storage.uri(name), tune.with_resources(trainable, resources),
-                                   resume_unfinished=True, resume_errored=True)
+                                   resume_unfinished=True, resume_errored=True, param_space=to_param_space(space))
         # The restored run config holds the callbacks pickled at the start; use this process's.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
