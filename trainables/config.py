@@ -7,6 +7,7 @@ import typing
 from dataclasses import dataclass, field
 
 from trainables.data.splits import DATASETS
+from trainables.losses.foreground_split import FG_SOURCES
 from trainables.methods import METHODS, get_method
 from trainables.models.sources import ModelSourceError, check_spec
 from trainables.precision import MEMORY_FORMATS, PRECISIONS
@@ -73,6 +74,10 @@ class DistillConfig:
     bg_weight: float = 0.4
     fg_size: int | None = None  # the foreground square's side in map cells (4 unless fg_fraction is given)
     fg_fraction: float | None = None  # or its side as a fraction of the distilled map's side (any image size)
+    # Where SF-KD's foreground is: center (the paper's square), teacher (per image, the square's area of the
+    # teacher's most attended cells) or teacher_soft (the teacher's attention over its maximum as weights).
+    # docs/method.md, "A foreground the teacher chooses"
+    fg_source: str = "center"
     # map: MSE over the full masked maps (He et al. 2025, Eqs. 5-6; docs/method.md, Losses); region: over each region's area
     sfkd_norm: str = "map"
     temperature: float = 4.0
@@ -193,6 +198,7 @@ class DistillConfig:
         if self.feature_stages is None:
             self.feature_stages = list(method.default_stages)
         _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
+        _one_of("fg_source", self.fg_source, FG_SOURCES)
         _one_of("dataset", self.dataset, DATASETS)
         for key in ("student", "teacher_arch"):
             try:

@@ -8,9 +8,10 @@ sizes (docs/method.md, "Foreground share").
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from trainables.data.augment import normalize
-from trainables.losses.foreground_split import foreground_mask
+from trainables.losses.foreground_split import foreground_mask, teacher_foreground, teacher_soft_foreground
 from trainables.models.taps import forward_taps
 
 DRAWN_IMAGES = 8  # shown in the heatmap grid
@@ -33,9 +34,24 @@ def probe_square(fg_size: int, height: int, width: int) -> int:
 
 def foreground_share(att: torch.Tensor, fg_size: int) -> torch.Tensor:
     """Per image, the fraction of attention mass inside the central square (B x H x W -> B)."""
-    mask = foreground_mask(att.shape[1], att.shape[2], fg_size, device=att.device)
+    return weighted_share(att, foreground_mask(att.shape[1], att.shape[2], fg_size, device=att.device))
+
+
+def weighted_share(att: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per image, the fraction of attention mass under foreground weights (H x W, or B x H x W per image)."""
     total = att.sum(dim=(1, 2)).clamp_min(1e-12)
-    return (att * mask).sum(dim=(1, 2)) / total
+    return (att * weights).sum(dim=(1, 2)) / total
+
+
+def run_foreground(teacher_att: torch.Tensor, cells: int, fg_source: str, size: tuple[int, int]) -> torch.Tensor:
+    """The foreground a `teacher` or `teacher_soft` run used on each probe image (B x H x W at the
+    student's map size), from the teacher's attention. Training takes it from the teacher's map after
+    spatial matching; where the sizes differ the probe pools the attention instead, a close stand-in."""
+    if tuple(teacher_att.shape[1:]) != tuple(size):
+        teacher_att = F.adaptive_avg_pool2d(teacher_att[:, None], size)[:, 0]
+    if fg_source == "teacher":
+        return teacher_foreground(teacher_att, cells * cells)
+    return teacher_soft_foreground(teacher_att)
 
 
 @torch.inference_mode()
@@ -55,9 +71,14 @@ def probe_images(val_x: torch.Tensor, count: int = SHARE_IMAGES) -> torch.Tensor
 
 
 def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.Tensor, mean, std, fg_size,
-                    taps: tuple, device: torch.device, teacher_maps: torch.Tensor | None = None):
+                    taps: tuple, device: torch.device, teacher_maps: torch.Tensor | None = None,
+                    fg_source: str = "center"):
     """Attention maps of the drawn images and foreground shares over SHARE_IMAGES validation images, at
     the last distilled tap of the student and of the teacher (`taps`: the two, resolved).
+
+    The foreground share is always the central square's, comparable with the SF-KD paper's Fig. 3. A run
+    whose foreground the teacher chose (`fg_source` teacher or teacher_soft) also gets the share inside
+    its own foreground (`student_own_fg_share`, and the teacher's) and that foreground's drawn cells.
 
     Returns (probe, teacher maps); pass the maps back in next time, since a frozen teacher's never change.
     Everything returned is a tensor, number or string, so it saves and loads with weights_only=True.
@@ -82,6 +103,13 @@ def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.
         t_area = t_square * t_square / float(teacher_maps.shape[1] * teacher_maps.shape[2])
         out.update(teacher=teacher_maps[:DRAWN_IMAGES], teacher_fg_size=t_square, teacher_fg_share=t_share,
                    teacher_fg_enrichment=t_share / t_area)
+        if fg_source != "center":
+            own = run_foreground(teacher_maps, square, fg_source, tuple(s_att.shape[1:]))
+            t_att = teacher_maps if teacher_maps.shape[1:] == own.shape[1:] else F.adaptive_avg_pool2d(
+                teacher_maps[:, None], tuple(own.shape[1:]))[:, 0]
+            out.update(fg_source=fg_source, fg_mask=own[:DRAWN_IMAGES],
+                       student_own_fg_share=weighted_share(s_att, own).mean().item(),
+                       teacher_own_fg_share=weighted_share(t_att, own).mean().item())
     return out, teacher_maps
 
 

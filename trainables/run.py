@@ -449,7 +449,8 @@ class DistillRun:
                 metrics.update(self.best)
             self.density_history.append((self.epoch, metrics["density"]))
             self.last_probe = self.probe(split)
-            for key in ("student_fg_share", "student_fg_enrichment", "teacher_fg_share", "teacher_fg_enrichment"):
+            for key in ("student_fg_share", "student_fg_enrichment", "teacher_fg_share", "teacher_fg_enrichment",
+                        "student_own_fg_share", "teacher_own_fg_share"):
                 if key in self.last_probe:
                     metrics[key] = self.last_probe[key]
             if self.cfg.test_at_end and split == "val" and self.epoch >= self.cfg.epochs:
@@ -464,7 +465,8 @@ class DistillRun:
         cfg = self.cfg
         taps = (self.student_taps[-1], self.teacher_taps[-1] if self.teacher_taps else None)
         out, self._teacher_maps = attention_probe(self.student, self.teacher, x, self.data.mean, self.data.std,
-                                                  cfg.fg_cells, taps, self.device, self._teacher_maps)
+                                                  cfg.fg_cells, taps, self.device, self._teacher_maps,
+                                                  cfg.fg_source if self.method.name == "sfkd" else "center")
         out.update(epoch=self.epoch, split=split, student_arch=cfg.student,
                    teacher_arch=cfg.teacher_arch if self.teacher is not None else "", method=cfg.method,
                    target_density=float(cfg.density), prune_schedule=cfg.prune_schedule,

@@ -25,8 +25,10 @@ def load_probe(path: Path) -> dict:
     return probe
 
 
-def _overlay(ax, image: torch.Tensor, att: torch.Tensor | None, fg_size: int) -> None:
-    """The image with a heat overlay of `att` (scaled to its own maximum) and the fg square outlined."""
+def _overlay(ax, image: torch.Tensor, att: torch.Tensor | None, fg_size: int,
+             fg_mask: torch.Tensor | None = None) -> None:
+    """The image with a heat overlay of `att` (scaled to its own maximum) and the run's foreground
+    outlined: the central square, or (`fg_mask`, a teacher-chosen foreground) its cells of weight >= 0.5."""
     img = image.permute(1, 2, 0).float().numpy() / 255.0
     ax.imshow(img, interpolation="nearest")
     if att is not None:
@@ -36,9 +38,13 @@ def _overlay(ax, image: torch.Tensor, att: torch.Tensor | None, fg_size: int) ->
         ax.imshow(heat.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
         h = att.shape[-1]
         scale = size / h
-        top = (h - fg_size) // 2 * scale
-        ax.add_patch(Rectangle((top - 0.5, top - 0.5), fg_size * scale, fg_size * scale, fill=False,
-                               edgecolor="white", linewidth=1.6))
+        if fg_mask is not None:  # the cells, blown up to pixels; the contour runs along their edges
+            cells = F.interpolate(fg_mask[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+            ax.contour(cells.numpy(), levels=[0.5], colors="white", linewidths=1.6)
+        else:
+            top = (h - fg_size) // 2 * scale
+            ax.add_patch(Rectangle((top - 0.5, top - 0.5), fg_size * scale, fg_size * scale, fill=False,
+                                   edgecolor="white", linewidth=1.6))
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -59,21 +65,24 @@ def heatmap_figure(probes: list[tuple[str, dict]], path: Path) -> Path:
         rows.append((f"dense teacher\n{teacher['teacher_arch']}\nfg share {teacher['teacher_fg_share']:.2f}"
                      f"{_enrichment(teacher, 'teacher')}", teacher, "teacher", teacher["teacher_fg_size"]))
     for label, p in probes:
-        rows.append((f"{label}\nfg share {p['student_fg_share']:.2f}{_enrichment(p, 'student')}", p, "student",
+        own = f"\nown fg ({p['fg_source']}) {p['student_own_fg_share']:.2f}" if "fg_mask" in p else ""
+        rows.append((f"{label}\nfg share {p['student_fg_share']:.2f}{_enrichment(p, 'student')}{own}", p, "student",
                      p["fg_size"]))
     n = first["images"].shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.45 * n + 1.6, 1.45 * len(rows) + 0.7), squeeze=False,
                              layout="constrained")
     for r, (label, p, key, fg) in enumerate(rows):
         for c in range(n):
-            _overlay(axes[r, c], p["images"][c], p[key][c] if key else None, fg or 0)
+            mask = p["fg_mask"][c] if key == "student" and "fg_mask" in p else None
+            _overlay(axes[r, c], p["images"][c], p[key][c] if key else None, fg or 0, mask)
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     h = first["student"].shape[-1]
     tap = first["stage"]
     stage = ("the last stage" if tap == -1 else f"stage {tap}" if isinstance(tap, int) else f"module {tap}")
     fig.suptitle(f"Attention mean_c(F^2) of {stage} on {n} fixed {first.get('split', 'val')} images "
-                 f"(each map scaled to its own max)\nwhite square = foreground ({first['fg_size']}x{first['fg_size']} "
-                 f"of {h}x{h}); fg share = attention mass inside it, {first['area_share']:.2f} from area alone",
+                 f"(each map scaled to its own max)\nwhite outline = the run's foreground (the central {first['fg_size']}x"
+                 f"{first['fg_size']} of {h}x{h}, or the teacher's cells); fg share = attention mass inside the square, "
+                 f"{first['area_share']:.2f} from area alone",
                  fontsize=10)
     return save_figure(fig, path)
 

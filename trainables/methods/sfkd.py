@@ -1,5 +1,6 @@
-"""SF-KD: the stage map split into a central foreground square and the background, each matched to
-the teacher with its own MSE: alpha * CE + beta * KD + gamma * (L_fg + bg_weight * L_bg)."""
+"""SF-KD: the stage map split into a foreground (the central square, or where the teacher looks:
+`fg_source`) and the background, each matched to the teacher with its own MSE:
+alpha * CE + beta * KD + gamma * (L_fg + bg_weight * L_bg)."""
 from trainables.losses import check_fg_size, match_spatial, sfkd_parts
 from trainables.methods.base import Method, logit_terms, register, summed
 
@@ -25,7 +26,7 @@ class SparsityFriendlyKD(Method):
 
     def losses(self, cfg, logits, y, t_logits, pairs):
         total, parts = logit_terms(cfg, logits, y, t_logits)
-        fg_bg = [sfkd_parts(s, t, self.fg_size(cfg, *s.shape[-2:]), cfg.sfkd_norm)
+        fg_bg = [sfkd_parts(s, t, self.fg_size(cfg, *s.shape[-2:]), cfg.sfkd_norm, cfg.fg_source)
                  for s, t in (match_spatial(f_s, f_t) for f_s, f_t in pairs)]
         if fg_bg:
             parts["fg"], parts["bg"] = summed(fg for fg, _ in fg_bg), summed(bg for _, bg in fg_bg)
