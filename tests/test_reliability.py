@@ -158,10 +158,11 @@ resources:
 
 
 @pytest.mark.slow
-def test_a_study_killed_mid_grid_resumes_and_every_later_trial_gets_its_arms_recipe(ray_session, tmp_path,
-                                                                                      trained_teacher_file):
+def test_a_study_killed_then_interrupted_resumes_with_every_arms_recipe_and_keeps_finished_trials(
+        ray_session, tmp_path, trained_teacher_file):
     """An arm's values reach each trial through Ray's sample_from, which Ray saves as placeholders. Trials
-    that the grid creates only after a resume must still get their arm's values, not the placeholders."""
+    that the grid creates only after a resume must still get their arm's values, not the placeholders.
+    And interrupting a resumed search must not relabel the trials an earlier process finished."""
     space_file = tmp_path / "arms.yaml"
     space_file.write_text(ARMS_STUDY.format(teacher=trained_teacher_file))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -186,6 +187,26 @@ def test_a_study_killed_mid_grid_resumes_and_every_later_trial_gets_its_arms_rec
     assert len(ended) == 3, "the study did not reach the parked state in time"
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
+    finished = {c.data.tags["sfkd.trial_id"] for c in ended}
+
+    # Resumed, its 4th trial parks again, and this time the search is interrupted (SIGINT): the trials the
+    # killed process finished keep their endings; only what was running is marked interrupted.
+    for parked in (tmp_path / "gate").glob("parked*"):
+        parked.unlink()
+    proc = _start_gated_search(tmp_path, uri, address, "--space", str(space_file), "--name", "arms", "--resume")
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None and not list((tmp_path / "gate").glob("parked*")):
+        time.sleep(1)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    _, _, children = _children(uri, "arms")
+    for c in children:
+        if c.data.tags["sfkd.trial_id"] in finished:
+            assert (c.data.tags["sfkd.status"], c.info.status) == ("completed", "FINISHED")
+        else:
+            assert c.data.tags["sfkd.status"] == "interrupted"
 
     r = subprocess.run([sys.executable, "-m", "tuner.search", "--space", str(space_file), "--storage-path",
                         str(tmp_path / "runs"), "--address", address, "--resume", "--name", "arms", "--quiet"],

@@ -356,7 +356,8 @@ def record_interruption(signame: str, tracker: SearchTracker, callback, storage:
     interrupted; no best config, no report; the one command that resumes it is printed."""
     callback.drain()
     for trial_id, run_id in tracker.children.items():
-        if trial_id not in callback.recorded:
+        # A trial whose ending is recorded, by this process or by the one a resume continues, keeps it.
+        if trial_id not in callback.recorded and trial_id not in tracker.ended_before:
             tracker.set_tags(run_id, {"sfkd.status": "interrupted"})
             tracker.end(run_id, "KILLED")
     tracker.set_tags(tracker.parent_id, {"sfkd.status": "interrupted", "sfkd.reason": f"{signame} received"})

@@ -177,6 +177,7 @@ class SearchTracker:
             self.experiment_id = self._experiment_id()
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # trial id -> run id (or a placeholder until created)
+        self.ended_before: set[str] = set()  # trials whose ending an earlier process of a resumed search wrote
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged (a resume never logs it twice)
         # What an earlier process on this run folder journalled and never saw acknowledged goes first;
         # real_id maps a placeholder run id to the run MLflow created for it.
@@ -379,6 +380,8 @@ class SearchTracker:
                                            max_results=5000)
         for run in children:
             self.children[run.data.tags["sfkd.trial_id"]] = run.info.run_id
+            if run.data.tags.get("sfkd.status") not in (None, "interrupted"):
+                self.ended_before.add(run.data.tags["sfkd.trial_id"])
             history = self.client.get_metric_history(run.info.run_id, "lr")  # logged every epoch
             self.last_step[run.info.run_id] = max((m.step for m in history), default=0)
         for op in self.pending:  # still unsent (the store refused them again): they count as logged too
