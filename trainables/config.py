@@ -49,6 +49,11 @@ class DistillConfig:
     # The side every image is fitted to (shorter side resized, centre square kept); None: the images' own
     # size (32 for synthetic data). Augmentation follows it (docs/method.md, "Image sizes").
     image_size: int | None = None
+    # Off-centre objects: each image pasted at a position fixed by split_seed on a canvas of this side, over
+    # another image of its split; shift_object is the object's side (default a third of the canvas).
+    # docs/datasets.md, "Off-centre objects"
+    shift: int | None = None
+    shift_object: int | None = None
     # Recompute the student's BatchNorm statistics on training images before each evaluation. None (auto):
     # for students whose BatchNorm momentum is below 0.1 (torchvision's MobileNetV3 and EfficientNet use 0.01)
     bn_recalibrate: bool | None = None
@@ -223,6 +228,12 @@ class DistillConfig:
             _in_range(k, getattr(self, k), 1, float("inf"))
         if self.image_size is not None:
             _in_range("image_size", self.image_size, 8, float("inf"))
+        if self.shift is not None:
+            _in_range("shift", self.shift, 8, float("inf"))
+        if self.shift_object is not None:
+            if self.shift is None:
+                raise ConfigError("shift_object is the object's side on a shift canvas; give shift (the canvas side) too")
+            _in_range("shift_object", self.shift_object, 4, self.shift)
         _in_range("synthetic_classes", self.synthetic_classes, 2, float("inf"))
         if self.fg_size is not None and self.fg_fraction is not None:
             raise ConfigError("give either fg_size (map cells) or fg_fraction (of the map's side), not both")

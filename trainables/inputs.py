@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from trainables.data import DataSplits, load_splits
 
 SPLIT_KEYS = ("dataset", "data_dir", "val_fraction", "split_seed", "train_subset", "val_subset", "download",
-              "synthetic_size", "synthetic_classes", "image_size")
+              "synthetic_size", "synthetic_classes", "image_size", "shift", "shift_object")
 # Which images train and test a run does not depend on these (val_subset picks among the held-out ones).
 NOT_TRAIN_KEYS = ("val_subset", "download")
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables.data.augment import normalize
+from trainables.data.shift import centre_overlap, object_cells
 from trainables.losses.foreground_split import foreground_mask, teacher_foreground, teacher_soft_foreground
 from trainables.models.taps import forward_taps
 
@@ -111,6 +112,21 @@ def attention_probe(student: nn.Module, teacher: nn.Module | None, val_x: torch.
                        student_own_fg_share=weighted_share(s_att, own).mean().item(),
                        teacher_own_fg_share=weighted_share(t_att, own).mean().item())
     return out, teacher_maps
+
+
+def object_attention_shares(model: nn.Module, x: torch.Tensor, corners: torch.Tensor, object_side: int, mean,
+                            std, device: torch.device, tap=-1) -> dict:
+    """On shifted data (`shift`), where a network looks: the mean share of its attention at `tap` inside
+    the object's true cells and inside a central square of the same area, over images x, and how much
+    the objects and that square overlap. SF-KD's central square is the right guess only where the first
+    share does not clearly exceed the second (docs/datasets.md, "Off-centre objects")."""
+    att = stage_attention(model, normalize(x.to(device), torch.tensor(mean), torch.tensor(std)), tap)
+    canvas, side = x.shape[-1], att.shape[-1]
+    square = max(1, round(object_side * side / canvas))  # the object's side in cells
+    return {"object_share": weighted_share(att, object_cells(corners, object_side, canvas, side)).mean().item(),
+            "centre_share": foreground_share(att, square).mean().item(),
+            "centre_overlap": centre_overlap(corners, object_side, canvas).mean().item(),
+            "square_cells": square, "map_side": side}
 
 
 def measured_layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -42,7 +42,8 @@ def code_version() -> str:
 
 
 TEACHER_RECIPE_KEYS = ("teacher", "teacher_arch", "teacher_epochs", "dataset", "data_dir", "split_seed", "val_fraction",
-                       "train_subset", "synthetic_size", "synthetic_classes", "image_size", "batch_size", "bn_recalibrate")
+                       "train_subset", "synthetic_size", "synthetic_classes", "image_size", "shift", "shift_object",
+                       "batch_size", "bn_recalibrate")
 
 
 def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> list[tuple[Path, float]]:
@@ -78,7 +79,8 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
     # one teacher serves every seed of the search, so it takes its own seed, not the students'.
     recipe = dict(dataset=base.dataset, data_dir=base.data_dir, seed=0, batch_size=base.batch_size,
                   train_subset=base.train_subset, synthetic_size=base.synthetic_size, split_seed=base.split_seed,
-                  val_fraction=base.val_fraction, synthetic_classes=base.synthetic_classes, image_size=base.image_size)
+                  val_fraction=base.val_fraction, synthetic_classes=base.synthetic_classes, image_size=base.image_size,
+                  shift=base.shift, shift_object=base.shift_object)
     if base.bn_recalibrate is not None:  # evaluated under the same BatchNorm policy as its students
         recipe["bn_recalibrate"] = base.bn_recalibrate
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})

@@ -404,7 +404,7 @@ def _checked_config(where, values: dict, label: str) -> DistillConfig:
         cfg = DistillConfig.from_dict(values)
         if cfg.dataset in NUM_CLASSES or cfg.dataset == "synthetic":
             nc = NUM_CLASSES.get(cfg.dataset, cfg.synthetic_classes)
-            check_feature_config(cfg, nc, cfg.image_size or 32)
+            check_feature_config(cfg, nc, cfg.shift or cfg.image_size or 32)
     except ConfigError as e:
         raise SpaceError(f"{where}: {label}: {e}") from None
     return cfg

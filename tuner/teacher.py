@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from trainables.models.sources import file_slug
+from trainables.teacher_file import read_teacher_file
 from tuner.cli import OneLineParser, output_path, parse_sets, run_cli
 from tuner.teacher_training import TRAIN_ON, teacher_config, train_teacher
 
@@ -30,7 +31,18 @@ def main(argv=None) -> int:
     out = output_path("--out", a.out or f"teachers/{file_slug(a.arch)}-{a.dataset}.pt")
     path, acc = train_teacher(cfg, out, train_on=a.train_on)
     print(f"teacher {a.arch} on {a.dataset} ({a.train_on}): test top-1 {acc:.2f}% -> {path}")
+    if cfg.shift is not None:
+        print(object_attention_line(read_teacher_file(path)["object_attention"]))
     return 0
+
+
+def object_attention_line(shares: dict) -> str:
+    """What the teacher's attention says about shifted data: the central square is the wrong guess only
+    where the share inside the objects clearly exceeds the share inside the square."""
+    return (f"off-centre objects (test images): the teacher's attention inside the objects' cells "
+            f"{shares['object_share']:.3f}, inside a central {shares['square_cells']}x{shares['square_cells']} square of "
+            f"the same area {shares['centre_share']:.3f} (of a {shares['map_side']}x{shares['map_side']} map); "
+            f"objects and that square overlap by {shares['centre_overlap']:.3f} of an object's area on average")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from trainables.config import DistillConfig
+from trainables.probe import object_attention_shares
 from trainables.run import DistillRun
 from trainables.teacher_file import save_teacher
 from tuner.progress import epoch_postfix, training_bar
@@ -41,7 +42,11 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on
     val = {"val_acc": run.evaluate("val")["acc"]} if train_on == "train" and len(run.data.val_x) else {}
     epoch_postfix(bar, cfg.epochs, cfg.epochs, **shown, test_acc=f"{test['acc']:.2f}")
     bar.close()
+    if cfg.shift is not None:  # off-centre objects: where the teacher looks, on the test images (it decides nothing)
+        val["object_attention"] = object_attention_shares(run.student, run.data.test_x, run.data.object_corners["test"],
+                                                          run.data.object_side, run.data.mean, run.data.std, run.device)
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"], **val,
+                 **({"shift": cfg.shift, "shift_object": run.data.object_side} if cfg.shift is not None else {}),
                  test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed, trained_on=train_on,
                  split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
                  precision=run.precision, image_size=run.data.image_size, origin=origin)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from trainables.data.shift import default_object_side, shift_split
 from trainables.data.sources import (
     IMAGE_EXTENSIONS,
     DataError,
@@ -40,6 +41,9 @@ class DataSplits:
     mean: tuple
     std: tuple
     classes: tuple = ()  # class names in label order: what a user of the trained model reads outputs by
+    # With `shift`: each split's object corners (N x 2, top and left in pixels) and the objects' side
+    object_corners: dict = dataclasses.field(default_factory=dict)
+    object_side: int = 0
 
     def normalised_as(self, mean=None, std=None) -> "DataSplits":
         """These splits with the per-channel mean/std a config gives (a model trained with normalisation
@@ -183,12 +187,14 @@ def locate_data(dataset: str, data_dir: str | None, download: bool = False) -> t
 def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
                 train_subset: int | None = None, val_subset: int | None = None, download: bool = False,
                 synthetic_size: int = 2000, synthetic_classes: int = 10, image_size: int | None = None,
-                full_train: bool = False) -> DataSplits:
+                full_train: bool = False, shift: int | None = None, shift_object: int | None = None) -> DataSplits:
     """Load a dataset and carve the stratified validation split from its training set.
 
     The split and the subsets depend on `split_seed` alone, so seed replicates share validation images.
     full_train=True (the final run) trains on train+val and keeps val empty. `image_size`: the side every
-    image is fitted to (None: the images' own, 32 for synthetic data).
+    image is fitted to (None: the images' own, 32 for synthetic data). `shift`: each split's images are
+    then pasted off-centre on a canvas of that side over clutter from the same split (trainables.data.shift),
+    as objects of side `shift_object` (default a third of the canvas).
     """
     kind, root = locate_data(dataset, data_dir, download)
     if kind == "synthetic":
@@ -212,10 +218,15 @@ def load_splits(dataset: str, data_dir: str | None = None, val_fraction: float =
         vx, vy = vx[pick], vy[pick]
     pick = _stratified_subset(ty, train_subset, split_seed)
     tx, ty = tx[pick], ty[pick]
+    corners, side = {}, 0
+    if shift is not None:
+        side = shift_object or default_object_side(shift)
+        (tx, corners["train"]), (vx, corners["val"]), (sx, corners["test"]) = (
+            shift_split(x, shift, side, split_seed, name) for x, name in ((tx, "train"), (vx, "val"), (sx, "test")))
     if dataset in MEAN_STD:
         mean, std = MEAN_STD[dataset]
     else:
         f = tx.float() / 255
         mean = tuple(f.mean(dim=(0, 2, 3)).tolist())
         std = tuple(f.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    return DataSplits(tx, ty, vx, vy, sx, sy, len(classes), mean, std, tuple(classes))
+    return DataSplits(tx, ty, vx, vy, sx, sy, len(classes), mean, std, tuple(classes), corners, side)
