@@ -49,6 +49,43 @@ def test_the_table_pairs_each_arm_with_the_reference_by_seed_and_says_when_a_dif
     assert "test_acc (last epoch)" in text and "All arms ran at precision fp32." in text
 
 
+def test_contrasts_compare_the_named_pairs_within_each_stratum_under_one_holm_family():
+    s1, s2 = (("shift", "None"),), (("shift", "48"),)
+    runs = []
+    for stratum, base in ((s1, 70.0), (s2, 60.0)):
+        runs += [_run("kd", s, base + s, stratum=stratum) for s in range(3)]
+        runs += [_run("sfkd", s, base + 1 + s, stratum=stratum) for s in range(3)]  # +1 on every seed
+        runs += [_run("sfkd_teacher", s, base + [2, 4, 6][s], stratum=stratum) for s in range(3)]
+    table = comparison(runs, "kd", 3, ["kd", "sfkd", "sfkd_teacher"],
+                       contrasts=[("sfkd_teacher", "sfkd"), ("sfkd_teacher", "kd")])
+    assert table["family"] == 4  # 2 contrasts x 2 strata
+    got = {row["label"]: row for row in table["contrasts"]}
+    assert list(got) == ["sfkd_teacher - sfkd, shift=48", "sfkd_teacher - kd, shift=48",
+                         "sfkd_teacher - sfkd, shift=None", "sfkd_teacher - kd, shift=None"]
+    # sfkd_teacher - sfkd per seed: 2 - 1, 4 - 2, 6 - 3 = 1, 2, 3 (mean 2, sd 1); - kd: 2, 3, 4 (mean 3, sd 1).
+    half = T_975_2DF / math.sqrt(3)
+    assert got["sfkd_teacher - sfkd, shift=None"]["diff"] == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    assert got["sfkd_teacher - kd, shift=48"]["diff"] == pytest.approx((3.0, 3.0 - half, 3.0 + half))
+    # p: t = 2 sqrt(3) = 3.46 -> 0.0742; t = 3 sqrt(3) = 5.20 -> 0.0351. Holm over 4: 0.0351 x 4 = 0.140, so
+    # nothing is resolved, though two per-comparison intervals exclude 0.
+    assert got["sfkd_teacher - kd, shift=None"]["p"] == pytest.approx(0.0351, abs=5e-4)
+    assert got["sfkd_teacher - kd, shift=None"]["p_adj"] == pytest.approx(4 * 0.0351, abs=2e-3)
+    assert not any(row["resolved"] for row in table["contrasts"])
+    text = markdown(table)
+    assert "| comparison | val_acc difference (95% CI) | p (paired t) | resolved (Holm, 4 comparisons) |" in text
+    assert f"| sfkd_teacher - sfkd, shift=None | +2.00 [{2 - half:+.2f}, {2 + half:+.2f}] | 0.074 | not resolved |" in text
+    assert "val_acc - kd" not in text  # the arm rows carry no comparison of their own
+
+
+def test_study_contrasts_must_name_compared_values():
+    base = STUDY.format(teacher="auto")
+    for contrasts, message in (("[[kd, kd]]", "compares a value with itself"), ("[[sfkd, kd]]", "'sfkd' is not one of"),
+                               ("[[ft, kd], [ft, kd]]", "is given twice"), ("[ft, kd]", "expected a list of")):
+        with pytest.raises(SpaceError, match=r"study.contrasts: .*" + message.replace("[", r"\[")):
+            parse_space(str(_write(base.replace("  reference: kd", f"  reference: kd\n  contrasts: {contrasts}"),
+                                   "s.yaml")))
+
+
 def test_holms_procedure_matches_the_hand_computation_on_known_p_values():
     # The audit's p-values of study_methods (FT, FitNet, AT, SP, SF-KD against KD). Holm: sorted 0.005,
     # 0.019, 0.036, 0.037, 0.093 times 5, 4, 3, 2, 1 = 0.025, 0.076, 0.108, 0.074, 0.093, each raised to the
@@ -228,6 +265,75 @@ def test_a_two_arm_three_seed_study_runs_end_to_end_and_report_rebuilds_its_tabl
     assert (tmp_path / "rebuilt" / TABLE_MD).read_text() == table  # the same table, from MLflow alone
 
 
+FOREGROUND_STUDY = """
+description: a teacher-chosen foreground on centred and shifted synthetic data (a test study)
+config:
+  dataset: synthetic
+  synthetic_size: 1200
+  teacher: auto
+  teacher_arch: resnet8
+  student: resnet8
+  density: 0.5
+  sparse_init: ERK
+  epochs: 1
+  batch_size: 32
+  shift: {grid: [32, 40]}
+  shift_object: 24
+arms:
+  kd: {method: kd, alpha: 0.5, beta: 0.5}
+  sfkd: {method: sfkd, alpha: 0.5, beta: 0.5, gamma: 0.5, fg_source: center}
+  sfkd_teacher: {method: sfkd, alpha: 0.5, beta: 0.5, gamma: 0.5, fg_source: teacher}
+study:
+  seeds: 2
+  by: arm
+  reference: kd
+  contrasts: [[sfkd_teacher, sfkd], [sfkd_teacher, kd]]
+search:
+  searcher: grid
+  max_concurrent: 2
+resources:
+  cpu: 1
+"""
+
+
+@pytest.mark.slow
+def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_its_contrasts(ray_session, tmp_path):
+    """shift is a grid key: each value gets an auto teacher trained on that data (with the explicit
+    teacher_epochs, which --epochs no longer caps), every trial distils from its own data's teacher, and
+    the table reports the named contrasts within each shift under one Holm family."""
+    from trainables.teacher_file import read_teacher_file
+
+    space_file = tmp_path / "fg_study.yaml"
+    space_file.write_text(FOREGROUND_STUDY)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    rc = search.main(["--space", str(space_file), "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
+                      "--name", "fg", "--quiet", "--epochs", "1", "--set", "teacher_epochs=3"])
+    assert rc == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fg_study")
+    parent = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'search'")[0]
+    children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert len(parent.data.tags["sfkd.teacher"].split(",")) == 2
+    assert sorted((c.data.params["arm"], c.data.params["shift"], c.data.params["seed"]) for c in children) == [
+        (a, sh, str(s)) for a in ("kd", "sfkd", "sfkd_teacher") for sh in ("32", "40") for s in range(2)]
+    for c in children:
+        info = read_teacher_file(c.data.params["teacher"])
+        assert (info["shift"], info["shift_object"], info["epochs"]) == (int(c.data.params["shift"]), 24, 3)
+        assert c.data.tags["sfkd.status"] == "completed"
+    last = {(c.data.params["arm"], c.data.params["shift"], int(c.data.params["seed"])): c.data.metrics["val_acc"]
+            for c in children}
+    table = Path(client.download_artifacts(parent.info.run_id, f"report/{TABLE_MD}", str(tmp_path / "a"))).read_text()
+    assert "resolved (Holm, 4 comparisons)" in table
+    diffs = [last[("sfkd_teacher", "40", s)] - last[("sfkd", "40", s)] for s in range(2)]
+    mean, lo, hi = t_interval(diffs)
+    row = next(x for x in table.splitlines() if x.startswith("| sfkd_teacher - sfkd, shift=40 |"))
+    assert row.split(" | ")[1] == (f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if diffs[0] != diffs[1]
+                                   else f"{mean:+.2f} (no spread: 2 identical pairs)")
+    assert report_cli.main(["--run", parent.info.run_id, "--tracking-uri", uri, "--no-log",
+                            "--out", str(tmp_path / "rebuilt")]) == 0
+    assert (tmp_path / "rebuilt" / TABLE_MD).read_text() == table
+
+
 STUDIES = ["study_methods", "study_density", "study_fg_bg", "study_sparse_init", "study_prune_kd"]
 
 
@@ -241,6 +347,24 @@ def test_every_shipped_study_is_paper_scale_with_three_seeds_its_losses_and_the_
     assert space.study["reference"] in space.study["arms"]
     # Run small (the README's CPU-scale data and budget) it is the same study.
     small = parse_space(name, {"dataset": "cifar10", "train_subset": 10000, "epochs": 8})
+    assert small.study == space.study
+
+
+def test_study_foreground_compares_where_the_foreground_is_on_centred_and_shifted_cifar10():
+    space = parse_space("study_foreground")
+    assert space.config["dataset"] == "cifar10" and space.study["seeds"] == 3 and space.config["epochs"] == 240
+    assert space.params == {"density": {"grid": [0.1, 0.9]}, "shift": {"grid": [None, 48]}}
+    assert space.study["arms"] == ["kd", "fitnet", "sfkd", "sfkd_teacher", "sfkd_soft"]
+    assert space.study["strata"] == ["density", "shift"]
+    assert space.study["contrasts"] == [["sfkd_teacher", "sfkd"], ["sfkd_teacher", "fitnet"], ["sfkd_teacher", "kd"],
+                                        ["sfkd_soft", "sfkd"]]
+    # The sfkd arms differ in where the foreground is, nothing else; fitnet is the same losses without the split.
+    arms = space.arm_configs()
+    strip = lambda a: {k: v for k, v in arms[a].items() if k not in ("arm", "fg_source", "method", "bg_weight")}  # noqa: E731
+    assert strip("sfkd") == strip("sfkd_teacher") == strip("sfkd_soft") == strip("fitnet")
+    assert [arms[a]["fg_source"] for a in ("sfkd", "sfkd_teacher", "sfkd_soft")] == ["center", "teacher", "teacher_soft"]
+    assert space.config["fg_size"] == 4 and space.warnings == []
+    small = parse_space("study_foreground", {"train_subset": 10000, "epochs": 8, "teacher_arch": "resnet56"})
     assert small.study == space.study
 
 

@@ -25,7 +25,7 @@ from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, build_optuna_sear
 from tuner.progress import TrialPrinter
 from tuner.ranking import ranked, score_of
 from tuner.search_report import log_report
-from tuner.spaces import to_param_space
+from tuner.spaces import teacher_key, to_param_space
 from tuner.storage import RunStorage
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
 from tuner.teacher_training import teacher_config, train_teacher_on_ray
@@ -46,6 +46,29 @@ TEACHER_RECIPE_KEYS = ("teacher", "teacher_arch", "teacher_epochs", "dataset", "
                        "batch_size", "bn_recalibrate")
 
 
+# Data keys a teacher must share with its students: a grid over them with `teacher: auto` trains one
+# teacher per value (shifted data gets a teacher trained on shifted data).
+TEACHER_DATA_KEYS = ("shift", "shift_object", "image_size")
+
+
+def _teacher_per_grid_value(space, keys: list[str], storage: RunStorage, inputs: TrialInputs) -> list:
+    """One auto teacher per combination of the grid values of `keys`; each trial is given the one of its
+    own values (space.teacher_for, read by to_param_space)."""
+    import itertools
+
+    for k in keys:
+        if next(iter(space.params[k])) != "grid":
+            raise ValueError(f"{k} is searched with {next(iter(space.params[k]))}; with teacher: auto give it grid "
+                             f"values, and each value gets its own teacher")
+    teachers, mapping = [], {}
+    for combo in itertools.product(*(space.params[k]["grid"] for k in keys)):
+        path, acc = _auto_teacher(space, {**space.config, **dict(zip(keys, combo))}, storage, inputs)
+        teachers.append((path, acc))
+        mapping[teacher_key(combo)] = str(path)
+    space.teacher_for = (list(keys), mapping)
+    return teachers
+
+
 def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> list[tuple[Path, float]]:
     """`teacher: auto` -> train each dense teacher once (cached by its recipe, in the storage) as a Ray
     task and return [(file, test top-1)]: one teacher, or one per teacher recipe when study arms set
@@ -56,6 +79,9 @@ def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> list[tup
         if values.get("teacher", "auto") not in ("auto", "none"):
             values["teacher"] = str(Path(values["teacher"]).expanduser().resolve())
     own = [name for name, recipe in space.arms.items() if any(k in recipe for k in TEACHER_RECIPE_KEYS)]
+    gridded = [k for k in TEACHER_DATA_KEYS if k in space.params]
+    if gridded and cfg.get("teacher", "auto") == "auto" and not own:
+        return _teacher_per_grid_value(space, gridded, storage, inputs)
     if not own:
         return [_auto_teacher(space, cfg, storage, inputs)] if cfg.get("teacher", "auto") == "auto" else []
     teachers = {}  # recipe -> (file, test top-1): arms with the same teacher recipe share one teacher
@@ -74,7 +100,8 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
         if key in space.params:
             raise ValueError(f"{key} must be fixed when teacher is auto")
     base = DistillConfig.from_dict(values)
-    epochs = min(base.teacher_epochs, base.epochs)  # --epochs runs small, teacher included
+    # --epochs runs small, teacher included, unless --set teacher_epochs asks for a budget of its own
+    epochs = base.teacher_epochs if "teacher_epochs" in space.given else min(base.teacher_epochs, base.epochs)
     # The teacher of a search trains on the training split only (it never sees the validation images);
     # one teacher serves every seed of the search, so it takes its own seed, not the students'.
     recipe = dict(dataset=base.dataset, data_dir=base.data_dir, seed=0, batch_size=base.batch_size,
@@ -113,9 +140,9 @@ def ship_data(space, data=None) -> TrialInputs:
     """The data splits every trial (and the auto teacher) receives through Ray's object store, so that
     no node needs the driver's files. Searched data keys and data too large for the object store are
     left to each trial to read by path."""
-    base = DistillConfig.from_dict(space.config)
     inputs = TrialInputs()
     if not any(k in space.params for k in SPLIT_KEYS):
+        base = DistillConfig.from_dict(space.config)
         data = data if data is not None else load_run_splits(base)
         size = splits_bytes(data)
         if size <= SHIP_MAX_BYTES:
@@ -131,6 +158,8 @@ def ship_teacher(space, inputs: TrialInputs) -> None:
     (study arms may differ in method, so they go whenever the search names fixed teacher files)."""
     if "teacher" in space.params:
         return
+    for teacher in (space.teacher_for[1].values() if space.teacher_for is not None else []):
+        inputs.teachers[teacher] = Path(teacher).read_bytes()
     for values in [space.config, *space.arms.values()]:
         teacher = values.get("teacher", "auto")
         if teacher not in ("auto", "none"):
@@ -220,6 +249,8 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                            "study.reference": space.study["reference"], "study.arms": ",".join(space.study["arms"]),
                            "study.strata": ",".join(space.study["strata"]),
                            "study.correction": space.study["correction"]})
+            if space.study["contrasts"] is not None:
+                params["study.contrasts"] = json.dumps(space.study["contrasts"])
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
                                             "mlflow.note.content": space.description or f"search of space {space.name}",
                                             "sfkd.study": str(space.study is not None).lower(),

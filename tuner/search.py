@@ -25,7 +25,8 @@ def build_parser() -> OneLineParser:
         f"Spaces: {', '.join(available_spaces())}."))
     p.add_argument("--space", required=True, help="space name in search_spaces/ or a path to a .yaml file")
     p.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
-    p.add_argument("--epochs", type=int, help="epochs per trial; also ASHA's max_t and the cap on an auto teacher's budget")
+    p.add_argument("--epochs", type=int, help="epochs per trial; also ASHA's max_t and the cap on an auto "
+                   "teacher's budget (unless --set teacher_epochs=N gives it)")
     p.add_argument("--dataset", help="cifar10, cifar100, imagefolder or synthetic")
     p.add_argument("--data-dir", help="data folder (ImageFolder tree, torchvision files, or a .tar.gz of a tree)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (resources.cpu)")
@@ -176,24 +177,31 @@ def preflight(space):
     """Data and teacher files are checked before anything is recorded or any trial starts, and the
     console says what data the search will train on. Returns the loaded splits (None when the data
     itself is searched over)."""
+    import itertools
+
     from trainables.config import DistillConfig
     from trainables.data.splits import locate_data
-    from trainables.inputs import load_run_splits
-
-    cfg = DistillConfig.from_dict(space.config)
-    if "dataset" in space.params or "data_dir" in space.params:
-        return None
-    kind, root = locate_data(cfg.dataset, cfg.data_dir, cfg.download)
-    data = load_run_splits(cfg)
-    checked = data.normalised_as(cfg.mean, cfg.std)  # what the trials feed the models
-    where = f" from {root}" if root else " (generated)"
-    print(f"data: {cfg.dataset}{where}: {len(data.train_x):,} training / {len(data.val_x):,} validation / "
-          f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}"
-          f"{subset_rounding(cfg, data)}", flush=True)
+    from trainables.inputs import SPLIT_KEYS, load_run_splits
     from trainables.stages import check_feature_config
 
-    for values in space.arm_configs().values():  # the taps of every arm's pair, at the data's real image size
-        check_feature_config(DistillConfig.from_dict(values), data.num_classes, data.image_size)
+    if "dataset" in space.params or "data_dir" in space.params:
+        return None
+    # Data keys given as grid values (shift: [null, 48]) are checked value by value; the trials then load
+    # their own data, so nothing is returned to ship.
+    gridded = [k for k in SPLIT_KEYS if k in space.params and next(iter(space.params[k])) == "grid"]
+    variants = [dict(zip(gridded, combo)) for combo in itertools.product(*(space.params[k]["grid"] for k in gridded))]
+    for variant in variants:
+        cfg = DistillConfig.from_dict({**space.config, **variant})
+        kind, root = locate_data(cfg.dataset, cfg.data_dir, cfg.download)
+        data = load_run_splits(cfg)
+        checked = data.normalised_as(cfg.mean, cfg.std)  # what the trials feed the models
+        where = f" from {root}" if root else " (generated)"
+        which = "".join(f", {k} {v}" for k, v in variant.items())
+        print(f"data: {cfg.dataset}{where}{which}: {len(data.train_x):,} training / {len(data.val_x):,} validation / "
+              f"{len(data.test_x):,} test images, {data.num_classes} classes, {data.image_size}x{data.image_size}"
+              f"{subset_rounding(cfg, data)}", flush=True)
+        for values in space.arm_configs().values():  # the taps of every arm's pair, at the data's real image size
+            check_feature_config(DistillConfig.from_dict({**values, **variant}), data.num_classes, data.image_size)
     if cfg.student_weights:  # read and fitted once here, so a file that does not fit is one line now
         from trainables.models import create_model
         from trainables.sparsity.layers import layer_roles
@@ -205,14 +213,14 @@ def preflight(space):
         if note:
             print(note, flush=True)
     if "teacher" in space.params or "teacher_arch" in space.params:
-        return data
+        return None if gridded else data
     checked_files = set()
     for values in space.arm_configs().values():  # every teacher file a trial will read, once
-        arm = DistillConfig.from_dict(values)
+        arm = DistillConfig.from_dict({**values, **variants[-1]})
         if arm.teacher not in ("auto", "none") and (arm.teacher, arm.teacher_arch) not in checked_files:
             checked_files.add((arm.teacher, arm.teacher_arch))
             check_teacher_file(arm, data, checked)
-    return data
+    return None if gridded else data
 
 
 def check_teacher_file(cfg, data, checked) -> None:

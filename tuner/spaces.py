@@ -1,6 +1,7 @@
 """Search-space YAML -> validated fixed config, Ray Tune distributions and search settings."""
 import copy
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +24,7 @@ SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reducti
 RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
 # A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, a grid key, or a key the arms set)
 # against `reference`, separately within each stratum (the values of the `strata` keys and other grid keys).
-STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None, "correction": "holm"}
+STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None, "correction": "holm", "contrasts": None}
 STUDY_CORRECTIONS = ("holm", "bonferroni", "none")  # over all the comparisons of a study's table
 
 
@@ -44,6 +45,9 @@ class Space:
     arms: dict = field(default_factory=dict)  # arm name -> its own recipe (config values over `config`)
     warnings: list = field(default_factory=list)  # printed before the search starts
     study: dict | None = None  # seeds, by, reference, arms (the compared values in order); None for a search
+    # (grid keys, {json of their values: teacher file}) when each grid value of a data key has its own teacher
+    teacher_for: tuple | None = None
+    given: set = field(default_factory=set)  # the keys --set gave on the command line
     description: str = ""  # the space's own words: the parent run's description in MLflow
 
     def arm_configs(self) -> dict:
@@ -198,7 +202,7 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
     for recipe in arms.values():
         resolve_paths(recipe)
     space = Space(path.stem, path, text, fixed, params, search, scheduler, resources, arms,
-                  description=str(raw.get("description") or "").strip())
+                  description=str(raw.get("description") or "").strip(), given=set(overrides or {}))
     if raw.get("study") is not None:
         space.study = _section(where, raw, "study", STUDY_DEFAULTS)
         if scheduler["type"] != "fifo":
@@ -253,6 +257,7 @@ def make_study(space: Space, where: str) -> None:
     if reference not in values:
         raise SpaceError(f"{where}: study.reference: {reference!r} is not one of the compared values "
                          f"({', '.join(values)}){did_you_mean(reference, values)}")
+    contrasts = _contrasts(where, st["contrasts"], values)
     if given:
         keys = set(DistillConfig.keys())
         for k in given:
@@ -265,18 +270,40 @@ def make_study(space: Space, where: str) -> None:
         # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
         strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
     space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata,
-                   "correction": st["correction"]}
+                   "correction": st["correction"], "contrasts": contrasts}
     space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
     space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
     space.config["test_at_end"] = True
     space.config.setdefault("deterministic", True)  # on CUDA: the same seed, the same run (docs/studies.md)
 
 
+def _contrasts(where, given, values: list[str]) -> list[list[str]] | None:
+    """`study.contrasts: [[a, b], ...]`: the paired differences a - b the table reports (within each
+    stratum), instead of every compared value against the reference."""
+    if given is None:
+        return None
+    if not isinstance(given, list) or not given or not all(
+            isinstance(c, list) and len(c) == 2 and all(isinstance(v, (str, int, float)) for v in c) for c in given):
+        raise SpaceError(f"{where}: study.contrasts: expected a list of [a, b] pairs of compared values, got {given!r}")
+    out = []
+    for a, b in ((str(a), str(b)) for a, b in given):
+        for v in (a, b):
+            if v not in values:
+                raise SpaceError(f"{where}: study.contrasts: {v!r} is not one of the compared values "
+                                 f"({', '.join(values)}){did_you_mean(v, values)}")
+        if a == b or [a, b] in out:
+            raise SpaceError(f"{where}: study.contrasts: [{a}, {b}] " + ("compares a value with itself" if a == b
+                                                                           else "is given twice"))
+        out.append([a, b])
+    return out
+
+
 def _check_strata(where, space: Space, by: str, reference: str, strata: list) -> None:
     """Within each stratum every compared value appears once, and the reference is there to pair with."""
     seen: dict[tuple, list] = {}
+    low = {k: _extremes(spec)[0] for k, spec in space.params.items()}  # as validate_space checked them
     for name, values in space.arm_configs().items():
-        cfg = DistillConfig.from_dict(values)  # every arm passed the schema in validate_space
+        cfg = DistillConfig.from_dict({**values, **low})  # every arm passed the schema in validate_space
         stratum = tuple(str(getattr(cfg, k)) for k in strata)
         value = str(getattr(cfg, by))
         if value in seen.get(stratum, []):
@@ -348,8 +375,11 @@ def validate_space(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: resources.cpu: expected a number > 0, got {res['cpu']!r}")
     if res["gpu"] > 1 and res["gpu"] != int(res["gpu"]):
         raise SpaceError(f"{where}: resources.gpu: a fraction must be <= 1, got {res['gpu']!r}")
-    # Every config the space can produce must pass the schema: try each extreme of each parameter, in every arm.
-    arm_cfgs = {name: _checked_config(where, values, f"arms.{name}" if name else "config")
+    # Every config the space can produce must pass the schema: try each extreme of each parameter, in every arm,
+    # the other parameters at their low ends (a trial always has a value for each: shift_object needs shift).
+    extremes = {k: _extremes(spec) for k, spec in space.params.items()}
+    low = {k: v[0] for k, v in extremes.items()}
+    arm_cfgs = {name: _checked_config(where, {**values, **low}, f"arms.{name}" if name else "config")
                 for name, values in space.arm_configs().items()}
     epochs = max(c.epochs for c in arm_cfgs.values())
     if sch["max_t"] is None:
@@ -360,11 +390,10 @@ def validate_space(space: Space, where: str) -> None:
     if sch["max_t"] > epochs:
         raise SpaceError(f"{where}: scheduler.max_t: {sch['max_t']} exceeds config.epochs ({epochs})")
     sch["grace_period"] = min(sch["grace_period"], sch["max_t"])
-    extremes = {k: _extremes(spec) for k, spec in space.params.items()}
     for values in space.arm_configs().values():
         for key, options in extremes.items():
             for value in options:
-                _checked_config(where, {**values, key: value}, f"config.{key}")
+                _checked_config(where, {**values, **low, key: value}, f"config.{key}")
         for pick in (0, -1):  # all parameters at their low ends, then at their high ends, together
             _checked_config(where, {**values, **{k: v[pick] for k, v in extremes.items()}}, "config")
     by_message: dict[str, list] = {}
@@ -410,6 +439,11 @@ def _checked_config(where, values: dict, label: str) -> DistillConfig:
     return cfg
 
 
+def teacher_key(values) -> str:
+    """The key of one combination of grid values in Space.teacher_for."""
+    return json.dumps(list(values), default=str)
+
+
 def to_param_space(space: Space) -> dict:
     """Fixed values as they are, distributions as Ray Tune domains."""
     from ray import tune
@@ -425,6 +459,9 @@ def to_param_space(space: Space) -> dict:
         out["arm"] = tune.grid_search(list(arms))
         for key in sorted({k for recipe in space.arms.values() for k in recipe}):
             out[key] = tune.sample_from(lambda config, key=key: arms[config["arm"]].get(key, defaults[key]))
+    if space.teacher_for is not None:  # each trial gets the teacher trained on its own data
+        keys, teachers = space.teacher_for
+        out["teacher"] = tune.sample_from(lambda config: teachers[teacher_key(config[k] for k in keys)])
     for key, spec in space.params.items():
         kind, args = next(iter(spec.items()))
         out[key] = {

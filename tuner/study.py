@@ -9,6 +9,7 @@ is resolved after a family-wise correction over all the table's comparisons (Hol
 docs/studies.md). Once every run of every arm has finished, the last-epoch test accuracy.
 """
 import html
+import json
 import math
 import statistics
 from pathlib import Path
@@ -101,16 +102,25 @@ def load_runs(client: MlflowClient, parent) -> list[dict]:
     return runs
 
 
+def _paired(mine: list[dict], other: list[dict]) -> dict:
+    """The paired difference of two arms' runs of one stratum, seed by seed: mean and t interval, p."""
+    by_seed = {r["seed"]: r for r in other}
+    diffs = [r["val_acc"] - by_seed[r["seed"]]["val_acc"] for r in mine if r["seed"] in by_seed]
+    return {"pairs": len(diffs), "diff": t_interval(diffs) if diffs else (float("nan"),) * 3,
+            "identical": len(diffs) > 1 and statistics.stdev(diffs) == 0, "p": paired_p(diffs)}
+
+
 def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str] | None = None,
-               correction: str = "holm") -> dict:
+               correction: str = "holm", contrasts: list[tuple[str, str]] | None = None) -> dict:
     """The study table as data: a row per (stratum, arm), the reference arm first in each stratum, each
     arm paired by seed with the reference of its own stratum; resolution corrected over every comparison
-    of the table."""
+    of the table. `contrasts` [(a, b), ...]: the table's comparisons are these paired differences a - b
+    within each stratum instead of every arm against the reference (docs/studies.md, "Contrasts")."""
     done = [r for r in runs if r["status"] == "completed" and r["val_acc"] is not None]
     arms = list(dict.fromkeys((arm_order or []) + sorted({r["arm"] for r in runs})))
     arms = [reference] + [a for a in arms if a != reference]
     strata = list(dict.fromkeys(sorted((r.get("stratum", ()) for r in runs), key=str)))
-    rows = []
+    rows, contrast_rows = [], []
     for stratum in strata:
         here = [r for r in done if r.get("stratum", ()) == stratum]
         ref = {r["seed"]: r for r in here if r["arm"] == reference}
@@ -124,14 +134,14 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
                    "val_by_seed": [r["val_acc"] for r in mine], "test_by_seed": [r["test_acc"] for r in mine],
                    "missing": _missing(runs, arm, stratum, {r["seed"] for r in mine}, seeds),
                    "macs": _mean_macs([r.get("macs", (None, None)) for r in mine])}
-            if arm != reference:
-                diffs = [r["val_acc"] - ref[r["seed"]]["val_acc"] for r in mine if r["seed"] in ref]
-                row["pairs"] = len(diffs)
-                row["diff"] = t_interval(diffs) if diffs else (float("nan"),) * 3
-                row["identical"] = len(diffs) > 1 and statistics.stdev(diffs) == 0
-                row["p"] = paired_p(diffs)
+            if arm != reference and contrasts is None:
+                row.update(_paired(mine, list(ref.values())))
             rows.append(row)
-    family = [r for r in rows if r["arm"] != reference]
+        for a, b in contrasts or []:
+            arm_runs = {arm: [r for r in here if r["arm"] == arm] for arm in (a, b)}
+            label = f"{a} - {b}" + "".join(f", {k}={v}" for k, v in stratum)
+            contrast_rows.append({"arm": a, "against": b, "label": label, **_paired(arm_runs[a], arm_runs[b])})
+    family = contrast_rows if contrasts is not None else [r for r in rows if r["arm"] != reference]
     for row, p_adj in zip(family, adjust([r["p"] for r in family], correction)):
         row["p_adj"] = p_adj
         row["resolved"] = row["pairs"] > 1 and not row["identical"] and p_adj < ALPHA
@@ -142,7 +152,8 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
             row["test"] = mean_std(row["test_by_seed"])
     teacher = mean_std([r["teacher_fg_share"] for r in done if r["teacher_fg_share"] is not None])
     return {"reference": reference, "seeds": seeds, "rows": rows, "complete": complete, "teacher_fg": teacher,
-            "correction": correction, "family": len(family), "at_last_stage_only": _at_last_stage_only(done)}
+            "correction": correction, "family": len(family), "at_last_stage_only": _at_last_stage_only(done),
+            "contrasts": contrast_rows if contrasts is not None else None}
 
 
 def _mean_macs(pairs: list[tuple]) -> tuple:
@@ -206,27 +217,39 @@ def _n(row: dict) -> str:
     return str(row["n"]) + (f" ({'; '.join(row['missing'])})" if row["missing"] else "")
 
 
-def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
+def _resolved_head(table: dict) -> str:
     corr = table["correction"]
-    head = ["arm", "n", "val_acc (last epoch)", "student fg share", "fg enrichment",
-            f"val_acc - {table['reference']} (95% CI)", "p (paired t)",
-            f"resolved ({CORRECTION_NAMES[corr]}{'' if corr == 'none' else ', ' + _count(table['family'])})",
-            "M MACs (effective / dense)"]
+    return f"resolved ({CORRECTION_NAMES[corr]}{'' if corr == 'none' else ', ' + _count(table['family'])})"
+
+
+def _compared(row: dict) -> list[str]:
+    p = row["p"]
+    return [difference(row), "-" if math.isnan(p) else f"{p:.3f}", resolution(row)]
+
+
+def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
+    contrasts = table.get("contrasts") is not None
+    head = ["arm", "n", "val_acc (last epoch)", "student fg share", "fg enrichment"]
+    if not contrasts:  # every arm against the reference, in the arm's own row
+        head += [f"val_acc - {table['reference']} (95% CI)", "p (paired t)", _resolved_head(table)]
+    head.append("M MACs (effective / dense)")
     if table["complete"]:
         head.append("test_acc (last epoch)")
     body = []
     for row in table["rows"]:
-        if row["arm"] == table["reference"]:
-            compared = ["(reference)", "", ""]
-        else:
-            p = row["p"]
-            compared = [difference(row), "-" if math.isnan(p) else f"{p:.3f}", resolution(row)]
+        compared = [] if contrasts else ["(reference)", "", ""] if row["arm"] == table["reference"] else _compared(row)
         cells = [row["label"], _n(row), _pm(row["val"]), _pm(row["fg"], 3), _pm(row["enrichment"], 2), *compared,
                  format_macs(*row["macs"])]
         if table["complete"]:
             cells.append(_pm(row["test"]))
         body.append(cells)
     return head, body
+
+
+def contrast_rows(table: dict) -> tuple[list[str], list[list[str]]]:
+    """The comparisons of a study with `contrasts`: one row per (contrast, stratum)."""
+    head = ["comparison", "val_acc difference (95% CI)", "p (paired t)", _resolved_head(table)]
+    return head, [[row["label"], *_compared(row)] for row in table["contrasts"]]
 
 
 def notes(table: dict, precision: str | None) -> list[str]:
@@ -256,18 +279,24 @@ def notes(table: dict, precision: str | None) -> list[str]:
     return out
 
 
+def _tables(table: dict) -> list[tuple[list[str], list[list[str]]]]:
+    return [table_rows(table)] + ([contrast_rows(table)] if table.get("contrasts") is not None else [])
+
+
 def markdown(table: dict, precision: str | None = None) -> str:
-    head, body = table_rows(table)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines + [""] + notes(table, precision)) + "\n"
+    lines = []
+    for head, body in _tables(table):
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body] + [""]
+    return "\n".join(lines + notes(table, precision)) + "\n"
 
 
 def html_table(table: dict, precision: str | None = None) -> str:
-    head, body = table_rows(table)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
-    notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes(table, precision))
-    return (f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>{notes_html}")
+    out = ""
+    for head, body in _tables(table):
+        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+        out += f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>"
+    return out + "".join(f"<p>{html.escape(n)}</p>" for n in notes(table, precision))
 
 
 def comparison_figure(table: dict, path: Path, by: str) -> Path:
@@ -288,13 +317,18 @@ def comparison_figure(table: dict, path: Path, by: str) -> Path:
     ax.errorbar([], [], yerr=[], fmt="o", color="black", capsize=5, label="mean and 95% t interval")
     labels = []
     for r in rows:
-        verdict = "reference" if r["arm"] == table["reference"] else resolution(r)
+        verdict = ("" if table.get("contrasts") is not None else "reference" if r["arm"] == table["reference"]
+                   else resolution(r))
         labels.append(f"{r['label'].replace(', ', chr(10))}\n(n={r['n']})\n{verdict}")
     ax.set_xticks(range(len(rows)), labels)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     corr = CORRECTION_NAMES[table["correction"]]
-    ax.set_xlabel(f"{by} (the reference, {table['reference']}, in red; resolved: paired, {corr}"
-                  f"{'' if table['correction'] == 'none' else ' over ' + _count(table['family'])})")
+    if table.get("contrasts") is not None:
+        ax.set_xlabel(f"{by} (the table's {_count(table['family'])} and their resolution, {corr}, are in its "
+                      f"comparisons table)")
+    else:
+        ax.set_xlabel(f"{by} (the reference, {table['reference']}, in red; resolved: paired, {corr}"
+                      f"{'' if table['correction'] == 'none' else ' over ' + _count(table['family'])})")
     ax.set_ylabel("last-epoch val_acc (%)")
     ax.set_title(f"Study: every arm over its seeds ({table['seeds']} per arm)")
     ax.grid(axis="y", alpha=0.3)
@@ -308,7 +342,8 @@ def build_study(client: MlflowClient, parent, out_dir: Path) -> tuple[list[Path]
     by, reference, seeds = p["study.compare_by"], p["study.reference"], int(p["study.seeds"])
     order = [a for a in p.get("study.arms", "").split(",") if a]
     runs = load_runs(client, parent)
-    table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"))
+    contrasts = [tuple(c) for c in json.loads(p["study.contrasts"])] if p.get("study.contrasts") else None
+    table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"), contrasts)
     precisions = sorted({r["precision"] for r in runs if r["precision"]})
     text = markdown(table, ", ".join(precisions) or None)
     out_dir = Path(out_dir)
