@@ -334,14 +334,14 @@ def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_i
     assert (tmp_path / "rebuilt" / TABLE_MD).read_text() == table
 
 
-STUDIES = ["study_methods", "study_density", "study_fg_bg", "study_sparse_init", "study_prune_kd"]
+STUDIES = ["study_methods", "study_density", "study_fg_bg", "study_sparse_init", "study_prune_kd", "study_prune_channel"]
 
 
 @pytest.mark.parametrize("name", STUDIES)
 def test_every_shipped_study_is_paper_scale_with_three_seeds_its_losses_and_the_papers_numbers(name):
     space = parse_space(name)
     assert space.config["dataset"] == "cifar100" and space.study["seeds"] == 3
-    assert space.config["epochs"] == (120 if name == "study_prune_kd" else 240)
+    assert space.config["epochs"] == (120 if name in ("study_prune_kd", "study_prune_channel") else 240)
     assert ("Loss:" in space.text or "Losses:" in space.text) and ("Paper" in space.text or "Table 2" in space.text)
     assert space.warnings == [] and space.scheduler["type"] == "fifo"
     assert space.study["reference"] in space.study["arms"]
