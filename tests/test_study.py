@@ -299,7 +299,8 @@ resources:
 @pytest.mark.slow
 def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_its_contrasts(ray_session, tmp_path):
     """shift is a grid key: each value gets an auto teacher trained on that data (with the explicit
-    teacher_epochs, which --epochs no longer caps), every trial distils from its own data's teacher, and
+    teacher_epochs, which --epochs no longer caps, and its own lr schedule), every trial distils from its
+    own data's teacher, and
     the table reports the named contrasts within each shift under one Holm family."""
     from trainables.teacher_file import read_teacher_file
 
@@ -307,7 +308,8 @@ def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_i
     space_file.write_text(FOREGROUND_STUDY)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     rc = search.main(["--space", str(space_file), "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri,
-                      "--name", "fg", "--quiet", "--epochs", "1", "--set", "teacher_epochs=3"])
+                      "--name", "fg", "--quiet", "--epochs", "1", "--set", "teacher_epochs=3",
+                      "--set", "teacher_lr_schedule=cosine"])
     assert rc == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fg_study")
@@ -318,7 +320,8 @@ def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_i
         (a, sh, str(s)) for a in ("kd", "sfkd", "sfkd_teacher") for sh in ("32", "40") for s in range(2)]
     for c in children:
         info = read_teacher_file(c.data.params["teacher"])
-        assert (info["shift"], info["shift_object"], info["epochs"]) == (int(c.data.params["shift"]), 24, 3)
+        assert (info["shift"], info["shift_object"], info["epochs"], info["lr_schedule"]) == (
+            int(c.data.params["shift"]), 24, 3, "cosine")  # the teacher's own schedule, not the students' multistep
         assert c.data.tags["sfkd.status"] == "completed"
     last = {(c.data.params["arm"], c.data.params["shift"], int(c.data.params["seed"])): c.data.metrics["val_acc"]
             for c in children}

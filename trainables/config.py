@@ -65,6 +65,7 @@ class DistillConfig:
     teacher: str = "auto"
     teacher_arch: str = "resnet110"
     teacher_epochs: int = 240
+    teacher_lr_schedule: str | None = None  # an auto teacher's lr schedule; None: the recipe's multistep
     # A zoo name, torchvision:NAME, timm:NAME or module:FILE_OR_MODULE:FACTORY (docs/models.md)
     student: str = "resnet20"
     # A file to initialise the student from before its masks are drawn (docs/models.md, Weights)
@@ -203,6 +204,8 @@ class DistillConfig:
         if self.feature_stages is None:
             self.feature_stages = list(method.default_stages)
         _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
+        if self.teacher_lr_schedule is not None:
+            _one_of("teacher_lr_schedule", self.teacher_lr_schedule, LR_SCHEDULES)
         _one_of("fg_source", self.fg_source, FG_SOURCES)
         _one_of("dataset", self.dataset, DATASETS)
         for key in ("student", "teacher_arch"):

@@ -43,7 +43,7 @@ def code_version() -> str:
 
 TEACHER_RECIPE_KEYS = ("teacher", "teacher_arch", "teacher_epochs", "dataset", "data_dir", "split_seed", "val_fraction",
                        "train_subset", "synthetic_size", "synthetic_classes", "image_size", "shift", "shift_object",
-                       "batch_size", "bn_recalibrate")
+                       "batch_size", "bn_recalibrate", "teacher_lr_schedule")
 
 
 # Data keys a teacher must share with its students: a grid over them with `teacher: auto` trains one
@@ -110,6 +110,8 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
                   shift=base.shift, shift_object=base.shift_object)
     if base.bn_recalibrate is not None:  # evaluated under the same BatchNorm policy as its students
         recipe["bn_recalibrate"] = base.bn_recalibrate
+    if base.teacher_lr_schedule is not None:  # left out otherwise: the recipe's own, and cached files keep their key
+        recipe["lr_schedule"] = base.teacher_lr_schedule
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
     key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     rel = f"teachers/{file_slug(base.teacher_arch)}-{base.dataset}-e{epochs}-train-{key}.pt"

@@ -47,7 +47,7 @@ def train_teacher(cfg: DistillConfig, out: Path, progress: bool = True, train_on
                                                           run.data.object_side, run.data.mean, run.data.std, run.device)
     save_teacher(out, run.student, cfg.student, cfg.dataset, run.data.num_classes, test["acc"], **val,
                  **({"shift": cfg.shift, "shift_object": run.data.object_side} if cfg.shift is not None else {}),
-                 test_acc5=test["acc5"], epochs=cfg.epochs, seed=cfg.seed, trained_on=train_on,
+                 test_acc5=test["acc5"], epochs=cfg.epochs, lr_schedule=cfg.lr_schedule, seed=cfg.seed, trained_on=train_on,
                  split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
                  precision=run.precision, image_size=run.data.image_size, origin=origin)
     return Path(out), test["acc"]
