@@ -36,3 +36,36 @@ def ranked(entries: Iterable[tuple[float | None, str, T]], mode: str) -> list[tu
 def better(a: tuple[float, str], b: tuple[float, str] | None, mode: str) -> bool:
     """Whether (score, trial id) `a` ranks above `b` (None: nothing yet)."""
     return b is None or order(*a, mode) < order(*b, mode)
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...], modes: tuple[str, ...]) -> bool:
+    """Whether objective values `a` are at least as good as `b` in every objective and better in one
+    (`modes`: max or min per objective)."""
+    signs = [1 if m == "max" else -1 for m in modes]
+    at_least = all(s * x >= s * y for s, x, y in zip(signs, a, b))
+    return at_least and any(s * x > s * y for s, x, y in zip(signs, a, b))
+
+
+def pareto_front(entries: Iterable[tuple[tuple[float, ...] | None, str, T]], modes: tuple[str, ...]
+                 ) -> list[tuple[tuple[float, ...], str, T]]:
+    """The non-dominated (objective values, trial id, anything) entries, ordered by the first objective
+    (best first, ties by trial id). Entries with no values or a non-finite one are left out; two trials
+    with equal values are both on the front."""
+    kept = [e for e in entries if e[0] is not None and all(math.isfinite(v) for v in e[0])]
+    front = [e for e in kept if not any(dominates(o[0], e[0], modes) for o in kept)]
+    return sorted(front, key=lambda e: (order(e[0][0], e[1], modes[0])))
+
+
+def hypervolume_2d(points: Iterable[tuple[float, float]], modes: tuple[str, str], reference: tuple[float, float]) -> float:
+    """The area dominated by `points` and bounded by `reference` (a point worse than all of them in both
+    objectives): the usual one-number summary of a two-objective front (Zitzler and Thiele 1998). Larger is
+    better. Written here because it is six lines in two dimensions; no dependency is needed for that."""
+    signs = [1 if m == "max" else -1 for m in modes]
+    # In "maximise both" coordinates, relative to the reference.
+    pts = sorted(((signs[0] * (x - reference[0]), signs[1] * (y - reference[1])) for x, y in points), reverse=True)
+    area, best_y = 0.0, 0.0
+    for x, y in pts:  # sweep from the largest first objective down; each point adds its new strip
+        if x > 0 and y > best_y:
+            area += x * (y - best_y)
+            best_y = y
+    return area
