@@ -69,6 +69,12 @@ def _teacher_per_grid_value(space, keys: list[str], storage: RunStorage, inputs:
     return teachers
 
 
+def _data_note(cfg) -> str:
+    """' (shift 48)': the data keys that tell one auto teacher of a search from another."""
+    said = [f"{k} {getattr(cfg, k)}" for k in TEACHER_DATA_KEYS if getattr(cfg, k) is not None]
+    return f" ({', '.join(said)})" if said else ""
+
+
 def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> list[tuple[Path, float]]:
     """`teacher: auto` -> train each dense teacher once (cached by its recipe, in the storage) as a Ray
     task and return [(file, test top-1)]: one teacher, or one per teacher recipe when study arms set
@@ -119,12 +125,12 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
     if path.exists() or storage.exists(rel):
         storage.fetch(rel, path)
         acc = read_teacher_file(path)["test_acc"]
-        print(f"teacher {base.teacher_arch}: cached {path.name} (test top-1 {acc:.2f}%)", flush=True)
+        print(f"teacher {base.teacher_arch}{_data_note(base)}: cached {path.name} (test top-1 {acc:.2f}%)", flush=True)
     else:
         res = space.resources
         path, acc = train_teacher_on_ray(tcfg, path, "train", res["cpu"], res["gpu"], data=inputs.data_for(tcfg, train_only=True))
         storage.publish(path, rel)
-        print(f"teacher {base.teacher_arch}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> "
+        print(f"teacher {base.teacher_arch}{_data_note(base)}: trained for {epochs} epochs, test top-1 {acc:.2f}% -> "
               f"{storage.uri(rel)}", flush=True)
     values["teacher"] = str(path)
     info = read_teacher_file(path)
