@@ -12,6 +12,7 @@ from trainables.methods import METHODS, get_method
 from trainables.models.sources import ModelSourceError, check_spec
 from trainables.precision import MEMORY_FORMATS, PRECISIONS
 from trainables.sparsity.allocation import INIT_METHODS
+from trainables.sparsity.dynamic import MASK_UPDATES
 from trainables.sparsity.layers import SparsityError
 from trainables.sparsity.patterns import CHANNEL, parse_pattern
 from trainables.sparsity.schedule import SCHEDULES
@@ -105,6 +106,13 @@ class DistillConfig:
     scored_positions: bool = True
     score_per_class: int = 10  # SNIP/GraSP score on this many training images per class (stratified, seeded)
     prune_schedule: str = "one-shot"
+    # Dynamic sparsity: none (static masks), set (drop by magnitude, grow at random) or rigl (grow where the
+    # dense gradient is largest), every mask_update_interval steps until mask_update_end of training, replacing
+    # drop_fraction of each layer's active weights at first, annealed by a cosine (docs/sparsity.md)
+    mask_update: str = "none"
+    mask_update_interval: int = 100
+    drop_fraction: float = 0.3
+    mask_update_end: float = 0.75
     prune_steps: int = 5
     prune_interval: int = 1
     # Optimisation
@@ -204,6 +212,14 @@ class DistillConfig:
         if self.feature_stages is None:
             self.feature_stages = list(method.default_stages)
         _one_of("sfkd_norm", self.sfkd_norm, SFKD_NORMS)
+        _one_of("mask_update", self.mask_update, MASK_UPDATES)
+        if self.mask_update != "none":
+            if self.prune_schedule != "one-shot":
+                raise ConfigError(f"mask_update: {self.mask_update} moves masks of a fixed density; with prune_schedule "
+                                  f"{self.prune_schedule} the density changes too, which is not defined; use one or the other")
+            if self.sparsity_pattern != "unstructured":
+                raise ConfigError(f"mask_update: {self.mask_update} moves single weights; sparsity_pattern "
+                                  f"{self.sparsity_pattern} keeps a structure it would break; use unstructured")
         if self.teacher_lr_schedule is not None:
             _one_of("teacher_lr_schedule", self.teacher_lr_schedule, LR_SCHEDULES)
         _one_of("fg_source", self.fg_source, FG_SOURCES)
@@ -226,7 +242,10 @@ class DistillConfig:
         _in_range("temperature", self.temperature, 0.0, float("inf"), lo_open=True)
         _in_range("lr", self.lr, 0.0, float("inf"), lo_open=True)
         _in_range("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
+        _in_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
+        _in_range("mask_update_end", self.mask_update_end, 0.0, 1.0)
         for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_per_class",
+                  "mask_update_interval",
                   "synthetic_size"):
             _in_range(k, getattr(self, k), 1, float("inf"))
         if self.image_size is not None:

@@ -28,6 +28,7 @@ from trainables.sparsity import (
     pruning_plan,
 )
 from trainables.sparsity.channels import maskable_weight_count, prune_channels
+from trainables.sparsity.dynamic import MaskUpdater
 from trainables.sparsity.layers import layer_roles
 from trainables.sparsity.patterns import check_nm, nm_masks
 from trainables.stages import check_feature_config, distilled_maps
@@ -164,6 +165,9 @@ class DistillRun:
         self.train_loader = DeviceLoader(self.data.train_x, self.data.train_y, cfg.batch_size, self.data.mean,
                                          self.data.std, self.device, train=True, generator=self.generator,
                                          channels_last=self.channels_last)
+        self.mask_updater = None if cfg.mask_update == "none" else MaskUpdater(
+            self.student, self.optimizer, cfg.mask_update, cfg.mask_update_interval, cfg.drop_fraction,
+            cfg.mask_update_end, len(self.train_loader) * cfg.epochs, cfg.seed)
         self.epoch = 0
         self.best = {}
         self.density_history: list[tuple[int, float]] = []  # (epoch, measured density), drawn for iterative pruning
@@ -347,13 +351,18 @@ class DistillRun:
         seen, start = 0, time.perf_counter()
         view = self.view_of(self.epoch)
         cached = self._cached_teacher_view(view)
-        for x, y, idx in self.train_loader.batches(view, self.cfg.seed):
+        first_step = self.epoch * len(self.train_loader)  # optimizer steps before this epoch
+        for i, (x, y, idx) in enumerate(self.train_loader.batches(view, self.cfg.seed)):
             with autocast(self.device, self.precision):
                 t_logits, t_feats = self._teacher_outputs(x, cached, idx)
                 loss, parts, logits = self._losses(x, y, t_logits, t_feats)
             self.optimizer.zero_grad(set_to_none=True)
+            if self.mask_updater is not None:
+                self.mask_updater.before_backward(first_step + i + 1)
             loss.backward()
             self.optimizer.step()
+            if self.mask_updater is not None:
+                self.mask_updater.after_step(first_step + i + 1)
             with torch.no_grad():
                 sums["loss"] += loss.detach() * len(y)
                 sums["correct"] += (logits.argmax(1) == y).sum()
@@ -371,6 +380,8 @@ class DistillRun:
                    "density": self.measured_density(), "img_per_s": seen / max(elapsed, 1e-9), "epoch_s": elapsed}
         metrics.update({f"loss_{k}": values[k] for k in LOSS_PARTS})
         metrics.update(self.cost)  # after this epoch's pruning step: what the student costs now
+        if self.mask_updater is not None:
+            metrics.update(self.mask_updater.epoch_metrics())
         metrics["precision"] = self.precision  # what this run really used (auto resolves per machine)
         if self.cache is not None:
             metrics["teacher_cache_hit"] = float(cached is not None)
@@ -507,6 +518,7 @@ class DistillRun:
             "record": self.record,
             "cost": self.cost,
             "rng": {"data": self.generator.get_state(), "torch": torch.get_rng_state()},
+            **({"mask_update": self.mask_updater.state_dict()} if self.mask_updater is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -521,4 +533,6 @@ class DistillRun:
         self.first_loss = state.get("first_loss")
         self.generator.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.mask_updater is not None:
+            self.mask_updater.load_state_dict(state["mask_update"])
         self.check_sparsity()

@@ -21,9 +21,27 @@ def _masked_modules(model: nn.Module):
             yield (f"{name}.weight" if name else "weight"), mod
 
 
+_CAPTURE = "_sfkd_dense_grad"  # set to True on a module: its next gradient is kept before masking
+
+
 def _mask_grad(param: torch.Tensor, module: nn.Module) -> None:
     if param.grad is not None:
+        if getattr(module, _CAPTURE, None) is True:
+            setattr(module, _CAPTURE, param.grad.detach().clone())
         param.grad.mul_(getattr(module, _BUFFER))
+
+
+def capture_dense_grads(model: nn.Module, on: bool) -> dict[str, torch.Tensor]:
+    """on=True: the next backward keeps each masked weight's dense gradient (its value before the mask
+    zeroes the pruned positions; RigL grows where it is largest). on=False: returns what was kept, by
+    weight name, and stops keeping."""
+    out = {}
+    for name, mod in _masked_modules(model):
+        kept = getattr(mod, _CAPTURE, None)
+        if isinstance(kept, torch.Tensor):
+            out[name] = kept
+        setattr(mod, _CAPTURE, True if on else None)
+    return out
 
 
 def _install_grad_hooks(model: nn.Module, *_args) -> None:
