@@ -45,7 +45,7 @@ def update_layer(weight: torch.Tensor, mask: torch.Tensor, fraction: float, grow
     active = int(flat.sum())
     n = min(int(math.floor(fraction * active + 0.5)), active)
     if n == 0:
-        return mask.clone(), torch.empty(0, dtype=torch.long)
+        return mask.clone(), torch.empty(0, dtype=torch.long, device=mask.device)
     magnitude = weight.detach().flatten().abs().float()
     drop = _first(torch.where(flat, -magnitude, torch.full_like(magnitude, -math.inf)), n)
     after = flat.clone()
@@ -55,7 +55,7 @@ def update_layer(weight: torch.Tensor, mask: torch.Tensor, fraction: float, grow
         score = dense_grad.detach().flatten().abs().float()[candidates]
         grown = candidates[_first(score, n)]
     else:
-        grown = candidates[torch.randperm(len(candidates), generator=generator)[:n]]
+        grown = candidates[torch.randperm(len(candidates), generator=generator)[:n].to(candidates.device)]
     after[grown] = True
     return after.view_as(mask).to(mask.dtype), grown
 
@@ -100,11 +100,15 @@ class MaskUpdater:
             if len(idx) == 0:
                 continue
             p = params[name]
-            p.view(-1)[idx] = 0.0  # a grown weight starts at zero (one dropped now and grown again too)
+            # By a boolean mask, not a flat view: a channels-last weight has no flat view.
+            born = torch.zeros(p.numel(), dtype=torch.bool, device=p.device)
+            born[idx.to(p.device)] = True
+            born = born.view(p.shape)
+            p.masked_fill_(born, 0.0)  # a grown weight starts at zero (one dropped now and grown again too)
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 buf.mul_(new[name].to(buf.dtype))  # nothing carries over for a dropped weight
-                buf.view(-1)[idx] = 0.0  # fresh momentum for a grown one
+                buf.masked_fill_(born, 0.0)  # fresh momentum for a grown one
             self.moved += int((new[name] & ~old[name]).sum())
         self.updates += 1
 
