@@ -48,7 +48,7 @@ def test_the_wheel_holds_every_shipped_space_and_imports_from_site_packages(inst
     tuner_file, spaces_file, spaces = json.loads(r.stdout)
     assert str(REPO) not in tuner_file and str(REPO) not in spaces_file  # the installed copy, not this checkout
     assert str(env) in tuner_file
-    assert spaces == SHIPPED_SPACES and len(spaces) == 18
+    assert spaces == SHIPPED_SPACES and len(spaces) == 19
 
 
 def test_an_unknown_space_names_the_spaces_the_wheel_ships(installed_wheel):

@@ -3,7 +3,7 @@ import pytest
 
 from tuner.spaces import SpaceError, available_spaces, parse_space, to_param_space
 
-SHIPPED = ["smoke", "sfkd_gamma", "sfkd_full", "density", "fg_size", "sparse_init", "kd_methods", "prune_kd"]
+SHIPPED = ["smoke", "sfkd_gamma", "sfkd_budget", "sfkd_full", "density", "fg_size", "sparse_init", "kd_methods", "prune_kd"]
 
 
 def test_all_spaces_of_the_issue_are_shipped():

@@ -297,7 +297,8 @@ resources:
 
 
 @pytest.mark.slow
-def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_its_contrasts(ray_session, tmp_path):
+def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_its_contrasts(ray_session, tmp_path,
+                                                                                            capsys):
     """shift is a grid key: each value gets an auto teacher trained on that data (with the explicit
     teacher_epochs, which --epochs no longer caps, and its own lr schedule), every trial distils from its
     own data's teacher, and
@@ -311,6 +312,9 @@ def test_a_study_over_shifted_data_gives_each_data_its_own_teacher_and_reports_i
                       "--name", "fg", "--quiet", "--epochs", "1", "--set", "teacher_epochs=3",
                       "--set", "teacher_lr_schedule=cosine"])
     assert rc == 0
+    out = capsys.readouterr().out
+    for shift in (32, 40):  # each teacher says where it looks on its own shifted test images
+        assert f"teacher resnet8 (shift {shift}, shift_object 24): off-centre objects (test images): " in out
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fg_study")
     parent = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'search'")[0]

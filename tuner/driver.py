@@ -22,6 +22,7 @@ from trainables.teacher_file import check_worth_distilling, read_teacher_file
 from tuner.best_config import write_best_config
 from tuner.callbacks import MLflowTrialCallback, PrintCallback
 from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, build_optuna_searcher
+from tuner.pareto import CostFloorASHA, front, front_table, objective_values, objectives_of, objectives_param
 from tuner.progress import TrialPrinter
 from tuner.ranking import ranked, score_of
 from tuner.search_report import log_report
@@ -138,6 +139,11 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
     # was trained, and is not judged again.
     if "val_acc" in info:
         check_worth_distilling(info["val_acc"], f"{base.teacher_arch} (auto, {epochs} epochs)", info["num_classes"])
+    if "object_attention" in info:  # shifted data: whether the central square is really the wrong guess
+        from tuner.teacher import object_attention_line
+
+        print(f"teacher {base.teacher_arch}{_data_note(base)}: {object_attention_line(info['object_attention'])}",
+              flush=True)
     return path, acc
 
 
@@ -222,6 +228,11 @@ def build_scheduler(space):
     if sch["type"] == "fifo":
         return FIFOScheduler()
     # ASHA compares trials by the metric at its rung's epoch; Optuna (and the final pick) by the best so far.
+    objectives = objectives_of(space.search)
+    if objectives:  # a cheaper trial is compared only with trials that cost no more (docs/decisions.md)
+        return CostFloorASHA("epoch", space.search["metric"], space.search["mode"],
+                             [o["metric"] for o in objectives[1:]], sch["max_t"], sch["grace_period"],
+                             sch["reduction_factor"])
     return ASHAScheduler(time_attr="epoch", max_t=sch["max_t"], grace_period=sch["grace_period"],
                          reduction_factor=sch["reduction_factor"], metric=space.search["metric"],
                          mode=space.search["mode"])
@@ -249,14 +260,20 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
               flush=True)
     else:
         params = {"space": space.name, "argv": " ".join(argv), "storage": storage.uri(name),
-                  **{f"search.{k}": v for k, v in space.search.items()},
+                  **{f"search.{k}": v for k, v in space.search.items() if k != "objectives"},
                   **{f"scheduler.{k}": v for k, v in space.scheduler.items()},
                   **{f"resources.{k}": v for k, v in space.resources.items()}}
+        if objectives_of(space.search):
+            params["search.objectives"] = objectives_param(objectives_of(space.search))
         if space.study is not None:
             params.update({"study.seeds": space.study["seeds"], "study.compare_by": space.study["by"],
                            "study.reference": space.study["reference"], "study.arms": ",".join(space.study["arms"]),
                            "study.strata": ",".join(space.study["strata"]),
                            "study.correction": space.study["correction"]})
+            if space.study["first_seed"]:
+                params["study.first_seed"] = space.study["first_seed"]
+            if space.study["confirms"]:
+                params["study.confirms"] = space.study["confirms"]
             if space.study["contrasts"] is not None:
                 params["study.contrasts"] = json.dumps(space.study["contrasts"])
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
@@ -333,7 +350,25 @@ def _search_recorded(space, storage: RunStorage, name: str, args, resume, state:
     if resume:
         mlflow_callback.reconcile(results)
         mlflow_callback.drain()
-    return finish(space, results, tracker, storage, name)
+    rc = finish(space, results, tracker, storage, name)
+    if rc == 0 and space.study is None and space.search.get("confirm"):
+        return confirm_winners(space, results, tracker, storage, name, args)
+    return rc
+
+
+def confirm_winners(space, results, tracker: SearchTracker, storage: RunStorage, name: str, args) -> int:
+    """search.confirm: the K best configs again with N new seeds, as a study of their own (tuner.confirm)."""
+    from tuner.confirm import chosen, run_confirmation
+
+    metric, mode = space.search["metric"], space.search["mode"]
+    best_first = [r for _, _, r in ranked(((result_score(r, metric), (r.metrics or {}).get("trial_id", ""), r)
+                                            for r in results), mode)]
+    picked = chosen(space, best_first)
+    if len(picked) < 2:
+        print(f"confirmation skipped: it compares at least 2 configs and the search finished {len(picked)}",
+              file=sys.stderr)
+        return 0
+    return run_confirmation(space, picked, tracker, storage, name, args)
 
 
 def mark_ended_by(tracker: SearchTracker, error: BaseException) -> None:
@@ -474,6 +509,8 @@ def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: st
                                             "trials_finished": len(best_first), "trials_total": len(results)}, step=0)
     tracker.set_tags(tracker.parent_id, {"sfkd.best_trial": best.metrics["trial_id"]})
     print(f"best trial {best.metrics['trial_id']}: {metric} {best_value:.2f}; best config -> {out}", flush=True)
+    if objectives_of(space.search):
+        record_front(objectives_of(space.search), [r for _, _, r in best_first], tracker)
     try:
         report = log_report(tracker, run_dir / "report")
         storage.publish(run_dir / "report", f"{name}/report")
@@ -487,11 +524,32 @@ def finish(space, results, tracker: SearchTracker, storage: RunStorage, name: st
     print("next:", flush=True)
     if ui_uri:
         print(f"  mlflow ui --backend-store-uri {ui_uri} --host 127.0.0.1    # review the trials", flush=True)
-    print(f"  python -m tuner.export --run {tracker.parent_id} --tracking-uri {tracker.uri} --out best.yaml"
-          f"    # the best config again, from MLflow alone", flush=True)
+    if objectives_of(space.search):
+        cost = objectives_of(space.search)[1]["metric"]
+        print(f"  python -m tuner.export --run {tracker.parent_id} --tracking-uri {tracker.uri} --max {cost}=VALUE "
+              f"--out best.yaml    # the most accurate trial within a budget", flush=True)
+    else:
+        print(f"  python -m tuner.export --run {tracker.parent_id} --tracking-uri {tracker.uri} --out best.yaml"
+              f"    # the best config again, from MLflow alone", flush=True)
     print(f"  python -m tuner.final --config {out} --tracking-uri {tracker.uri}    # train it on train+val, test it",
           flush=True)
     return 0
+
+
+def record_front(objectives: list[dict], finished: list, tracker: SearchTracker) -> None:
+    """A search with several objectives: every finished trial's child run is tagged `sfkd.pareto` true
+    or false, the parent run gets the front's size and trial ids, and the front is printed."""
+    entries = [(objective_values(r.metrics or {}, objectives), r.metrics["trial_id"], r) for r in finished]
+    on_front = front(entries, objectives)
+    ids = {trial_id for _, trial_id, _ in on_front}
+    for _, trial_id, _ in entries:
+        if trial_id in tracker.children:
+            tracker.set_tags(tracker.children[trial_id], {"sfkd.pareto": str(trial_id in ids).lower()})
+    tracker.set_tags(tracker.parent_id, {"sfkd.pareto_trials": ",".join(t for _, t, _ in on_front)})
+    tracker.log_metrics(tracker.parent_id, {"pareto_size": len(on_front)}, step=0)
+    names = ", ".join(o["metric"] for o in objectives)
+    print(f"front ({names}): {len(on_front)} of {len(entries)} finished trials are not beaten in every objective by "
+          f"another\n{front_table([(v, t) for v, t, _ in on_front], objectives)}", flush=True)
 
 
 def finish_study(space, results, tracker: SearchTracker, storage: RunStorage, name: str) -> int:
@@ -507,6 +565,10 @@ def finish_study(space, results, tracker: SearchTracker, storage: RunStorage, na
         table = next(f for f in files if f.name == STUDY_TABLE_MD).read_text()
         print(f"study {space.name}: {len(ok)} of {len(results)} runs finished; compared by {space.study['by']} "
               f"against {space.study['reference']}\n\n{table}\nreport: {files[-1]}", flush=True)
+        if space.study["confirms"] and ok:
+            from tuner.confirm import record_confirmation
+
+            record_confirmation(tracker, storage, name)
     except Exception as e:  # noqa: BLE001 - the runs are recorded; the table can be rebuilt from MLflow
         print(f"warning: study table not built ({type(e).__name__}: {e}); rebuild it with "
               f"python -m tuner.report --run {tracker.parent_id} --tracking-uri {tracker.uri}", file=sys.stderr)

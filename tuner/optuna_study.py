@@ -34,11 +34,17 @@ def build_optuna_searcher(space, study_path: Path | None, study_name: str):
                 self._ot_trials[trial_id].set_user_attr("epochs", int(result.get("epoch", 0)))
             super().on_trial_complete(trial_id, result, error)
 
+    from tuner.pareto import objectives_of, result_field
+
     s = space.search
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage() if study_path is None else optuna.storages.RDBStorage(storage_url(study_path))
-    return RecordedOptunaSearch(sampler=optuna.samplers.TPESampler(seed=s["seed"]), metric=score_key(s["metric"]),
-                                mode=s["mode"], storage=storage, study_name=study_name)
+    metric, mode = score_key(s["metric"]), s["mode"]
+    objectives = objectives_of(s)
+    if objectives:  # Optuna's TPE is multi-objective (Ozaki et al. 2020): one value per objective, in order
+        metric, mode = [result_field(o) for o in objectives], [o["mode"] for o in objectives]
+    return RecordedOptunaSearch(sampler=optuna.samplers.TPESampler(seed=s["seed"]), metric=metric,
+                                mode=mode, storage=storage, study_name=study_name)
 
 
 def load_study(path: Path):
@@ -58,8 +64,9 @@ def study_importances(study, max_t: int | None) -> tuple[dict[str, float] | None
     import optuna
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None
-            and abs(t.value) != float("inf")]
+    # A multi-objective study: the importances are for its first objective, the accuracy.
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values
+            and abs(t.values[0]) != float("inf")]
     full = [t for t in done if max_t and t.user_attrs.get("epochs") == max_t]
     if len(full) >= MIN_TRIALS_FOR_IMPORTANCE:
         trials, which = full, f"the {len(full)} trials that ran the full budget of {max_t} epochs"
@@ -73,5 +80,6 @@ def study_importances(study, max_t: int | None) -> tuple[dict[str, float] | None
     same = optuna.create_study(directions=study.directions)
     same.add_trials(trials)
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    imp = optuna.importance.get_param_importances(same, evaluator=evaluator)
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    imp = optuna.importance.get_param_importances(same, evaluator=evaluator, target=target)
     return imp, f"Importances: Optuna's fANOVA on the study's objective over {which}."

@@ -35,6 +35,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--seeds", type=int, help=(
         "run every arm with seeds 0..N-1 as a study (study.seeds): FIFO, nothing selected, a comparison table "
         "with paired differences, and each finished run's test accuracy"))
+    p.add_argument("--confirm", metavar="K,N", type=confirm_flag, help=(
+        "after the search, run its K best configs again with N new seeds each (K x N more runs, FIFO, "
+        "validation only) and export the best mean (search.confirm: {top: K, seeds: N}); off by default"))
     p.add_argument("--address", help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: local Ray)")
     p.add_argument("--tracking-uri", help=(
         "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)"))
@@ -53,6 +56,16 @@ def build_parser() -> OneLineParser:
         "MLflow records go on in the same parent run"))
     p.add_argument("--quiet", action="store_true", help="no per-trial lines, only the summary")
     return p
+
+
+def confirm_flag(text: str) -> dict:
+    """--confirm 3,3 -> {top: 3, seeds: 3}; the numbers are checked with the space (search.confirm)."""
+    import argparse
+
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K,N (the K best configs, N seeds each), e.g. 3,3")
+    return {"top": int(parts[0]), "seeds": int(parts[1])}
 
 
 def cli_overrides(a) -> dict:
@@ -75,6 +88,8 @@ def cli_overrides(a) -> dict:
         o["search.max_concurrent"] = a.max_concurrent
     if a.seeds is not None:
         o["study.seeds"] = a.seeds
+    if a.confirm is not None:
+        o["search.confirm"] = a.confirm
     return o
 
 

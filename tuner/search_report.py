@@ -17,6 +17,7 @@ from trainables.cost import format_macs
 from tuner.errors import UsageError
 from tuner.figures import plt, save_figure
 from tuner.optuna_study import STUDY_ARTIFACT_DIR, STUDY_FILE, load_study, study_importances
+from tuner.pareto import COST_METRICS, front, front_table, objective_values, objectives_from_params
 from tuner.ranking import ranked, score_key, score_of
 from tuner.search_runs import search_objective
 from tuner.study import TABLE_HTML as STUDY_HTML
@@ -26,6 +27,9 @@ from tuner.tracking import PARENT_TAG
 REPORT_DIR = "report"
 CURVES_FILE = "learning_curves.png"
 PARAMS_FILE = "metric_vs_params.png"
+FRONT_FILE = "front.png"
+FRONT_SVG = "front.svg"  # the same figure, each point a link to its child run in the MLflow UI
+FRONT_MD = "front.md"
 IMPORTANCE_FILE = "param_importances.png"
 HTML_FILE = "report.html"
 METRIC_LABELS = {"val_acc": "validation top-1 accuracy (%)", "val_acc5": "validation top-5 accuracy (%)",
@@ -46,6 +50,7 @@ def load_trials(client: MlflowClient, parent, metric: str = "val_acc") -> list[d
                        "status": run.data.tags.get("sfkd.status", run.info.status.lower()),
                        "params": dict(run.data.params), "curve": history,
                        "best": score_of(run.data.metrics, metric), "run_id": run.info.run_id,
+                       "metrics": dict(run.data.metrics), "pareto": run.data.tags.get("sfkd.pareto"),
                        "macs": (run.data.metrics.get("macs_effective"), run.data.metrics.get("macs_dense"))})
     return sorted(trials, key=lambda t: t["trial_id"])
 
@@ -100,6 +105,53 @@ def curves_figure(trials: list[dict], path: Path, max_t: int | None, metric: str
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A child run's page in the MLflow UI, relative to the server the report is viewed from."""
+    return f"/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def trials_front(trials: list[dict], objectives: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """(values, trial) of every finished trial with all objective values, and those on the front."""
+    done = [(objective_values(t["metrics"], objectives), t["trial_id"], t) for t in finished(trials)]
+    done = [e for e in done if e[0] is not None]
+    return done, front(done, objectives)
+
+
+def front_figure(trials: list[dict], objectives: list[dict], experiment_id: str, path: Path) -> list[Path]:
+    """Accuracy against the first cost: every finished trial, the front drawn as the staircase it
+    dominates, as a PNG and as an SVG whose points link to their child runs."""
+    done, on_front = trials_front(trials, objectives)
+    acc, cost = objectives[0]["metric"], objectives[1]["metric"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    front_ids = {t for _, t, _ in on_front}
+    for label, color, rows in (("dominated", "tab:gray", [e for e in done if e[1] not in front_ids]),
+                               ("on the front", "tab:red", [e for e in done if e[1] in front_ids])):
+        if rows:
+            points = ax.scatter([v[1] for v, _, _ in rows], [v[0] for v, _, _ in rows], c=color, s=36,
+                                edgecolors="black", linewidths=0.4, label=label, zorder=3)
+            points.set_urls([run_link(experiment_id, t["run_id"]) for _, _, t in rows])
+    if on_front:
+        steps = sorted((v[1], v[0]) for v, _, _ in on_front)
+        ax.step([x for x, _ in steps], [y for _, y in steps], where="post", color="tab:red", linewidth=1.2, zorder=2)
+        for v, trial_id, _ in on_front:
+            ax.annotate(trial_id, (v[1], v[0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"{cost} ({COST_METRICS[cost]}), lower is cheaper")
+    ax.set_ylabel(f"{score_key(acc)}")
+    more = f"; the front also minimises {', '.join(o['metric'] for o in objectives[2:])}" if len(objectives) > 2 else ""
+    ax.set_title(f"{len(on_front)} of {len(done)} finished trials on the front (red){more}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    svg = path.with_suffix(".svg")
+    fig.savefig(svg)  # before save_figure, which closes the figure
+    svg.write_text(svg.read_text().replace("<a xlink:href=", '<a target="_top" xlink:href='))
+    return [save_figure(fig, path), svg]
+
+
+def front_rows(trials: list[dict], objectives: list[dict]) -> list[tuple[tuple, str]]:
+    return [(v, t) for v, t, _ in trials_front(trials, objectives)[1]]
 
 
 def params_figure(trials: list[dict], keys: list[str], path: Path, metric: str = "val_acc") -> Path | None:
@@ -183,7 +235,7 @@ def _img(path: Path | None, alt: str) -> str:
 
 
 def html_page(title: str, summary: dict, figures: list[tuple[Path | None, str]], table: list[dict], note: str,
-              study_html: str = "") -> str:
+              study_html: str = "", front_html: str = "") -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (table[0] if table else {}))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in table)
     facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items())
@@ -193,7 +245,7 @@ def html_page(title: str, summary: dict, figures: list[tuple[Path | None, str]],
 table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
 img{{max-width:100%}}figure{{margin:1em 0}}</style></head>
 <body><h1>{html.escape(title)}</h1><ul>{facts}</ul>
-{f"<h2>Comparison</h2>{study_html}" if study_html else ""}
+{front_html}{f"<h2>Comparison</h2>{study_html}" if study_html else ""}
 <h2>Top {len(table)} configs</h2><table><tr>{head}</tr>{body}</table>
 {''.join(_img(p, alt) for p, alt in figures)}
 <p>{html.escape(note)}</p></body></html>
@@ -227,7 +279,18 @@ def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
                "built": time.strftime("%Y-%m-%d %H:%M:%S")}
     figures = [(files[0], "learning curves"), (pfig, f"{metric} against searched hyperparameters"),
                (ifig, "parameter importances")]
-    study_html = ""
+    study_html = front_html = ""
+    objectives = objectives_from_params(params)
+    if objectives:  # the front leads the page: what each accuracy costs
+        png, svg = front_figure(trials, objectives, parent.info.experiment_id, out_dir / FRONT_FILE)
+        table = front_table(front_rows(trials, objectives), objectives)
+        (out_dir / FRONT_MD).write_text(table + "\n")
+        files += [png, svg, out_dir / FRONT_MD]
+        links = "".join(f'<li><a target="_top" href="{html.escape(run_link(parent.info.experiment_id, t["run_id"]))}">'
+                        f'trial {html.escape(t["trial_id"])}</a></li>'
+                        for _, _, t in trials_front(trials, objectives)[1])
+        front_html = (f"<h2>Accuracy against cost</h2>{svg.read_text().split('?>', 1)[-1]}"
+                      f"<p>The front's trials (each point above links to its run too):</p><ul>{links}</ul>")
     if "study.compare_by" in params:  # a study: its comparison table and figure lead the page
         study_files, _ = build_study(client, parent, out_dir)
         files += study_files
@@ -235,7 +298,7 @@ def build_report(client: MlflowClient, parent, out_dir: Path) -> list[Path]:
         figures.insert(0, (study_files[-1], "study comparison"))
         note = "A study selects nothing; the importances and top configs below are descriptive only. " + note
     page = html_page(f"{'Study' if study_html else 'Search'} report: {parent.info.run_name}", summary, figures,
-                     top_configs(trials, keys, metric=metric, mode=mode), note, study_html)
+                     top_configs(trials, keys, metric=metric, mode=mode), note, study_html, front_html)
     (out_dir / HTML_FILE).write_text(page)
     return files + [out_dir / HTML_FILE]
 

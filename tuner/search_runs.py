@@ -55,14 +55,21 @@ def search_objective(parent) -> tuple[str, str]:
     return params.get("search.metric", "val_acc"), params.get("search.mode", "max")
 
 
-def best_child(client: MlflowClient, parent):
-    """The search's best trial under the ranking rule (the pick the search itself recorded, when it did)."""
-    metric, mode = search_objective(parent)
+def finished_children(client: MlflowClient, parent) -> list:
+    """The search's child runs that did not diverge or fail (each may still lack a score)."""
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                   max_results=5000)
-    best_first = ranked(((score_of(r.data.metrics, metric) if r.data.tags.get("sfkd.status") not in ("diverged", "error")
-                          else None, r.data.tags.get("sfkd.trial_id", ""), r) for r in children), mode)
+    return [r for r in children if r.data.tags.get("sfkd.status") not in ("diverged", "error")]
+
+
+def best_child(client: MlflowClient, parent):
+    """The search's best trial: the one its confirmation chose, else the pick the search itself recorded,
+    else the best under the ranking rule."""
+    metric, mode = search_objective(parent)
+    best_first = ranked(((score_of(r.data.metrics, metric), r.data.tags.get("sfkd.trial_id", ""), r)
+                         for r in finished_children(client, parent)), mode)
     if not best_first:
         raise UsageError(f"search run {parent.info.run_id} has no finished trial with {score_key(metric)}")
-    chosen = parent.data.tags.get("sfkd.best_trial")
+    # A confirmation's choice (the best mean over new seeds) over the search's own single-seed pick.
+    chosen = parent.data.tags.get("sfkd.confirmed_best_trial") or parent.data.tags.get("sfkd.best_trial")
     return next((r for _, trial_id, r in best_first if chosen and trial_id == chosen), best_first[0][2])

@@ -19,12 +19,14 @@ SPACES_DIR = Path(str(resources.files("search_spaces")))
 DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "choice": None, "grid": None}
 SECTIONS = ("description", "config", "arms", "study", "search", "scheduler", "resources")
 SEARCH_DEFAULTS = {"num_samples": 8, "metric": "val_acc", "mode": "max", "searcher": "optuna", "seed": 0,
-                   "max_concurrent": 2, "max_failures": 1, "keep_checkpoints": 2}
+                   "max_concurrent": 2, "max_failures": 1, "keep_checkpoints": 2, "objectives": None,
+                   "confirm": None}
 SCHEDULER_DEFAULTS = {"type": "asha", "max_t": None, "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
 # A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, a grid key, or a key the arms set)
 # against `reference`, separately within each stratum (the values of the `strata` keys and other grid keys).
-STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None, "correction": "holm", "contrasts": None}
+STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None, "correction": "holm", "contrasts": None,
+                  "first_seed": 0, "confirms": None}
 STUDY_CORRECTIONS = ("holm", "bonferroni", "none")  # over all the comparisons of a study's table
 
 
@@ -219,6 +221,7 @@ def make_study(space: Space, where: str) -> None:
     split read once by each run after its last epoch."""
     st = space.study
     _positive_int(where, "study.seeds", st["seeds"])
+    _positive_int(where, "study.first_seed", st["first_seed"], 0)
     if st["correction"] not in STUDY_CORRECTIONS:
         raise SpaceError(f"{where}: study.correction: {st['correction']!r}; expected one of {', '.join(STUDY_CORRECTIONS)}"
                          f"{did_you_mean(str(st['correction']), STUDY_CORRECTIONS)}")
@@ -270,10 +273,12 @@ def make_study(space: Space, where: str) -> None:
         # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
         strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
     space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata,
-                   "correction": st["correction"], "contrasts": contrasts}
+                   "correction": st["correction"], "contrasts": contrasts, "first_seed": st["first_seed"],
+                   "confirms": st["confirms"]}
     space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
     space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
-    space.config["test_at_end"] = True
+    # A confirmation chooses among a search's configs: it reads validation only, never the test split.
+    space.config["test_at_end"] = st["confirms"] is None
     space.config.setdefault("deterministic", True)  # on CUDA: the same seed, the same run (docs/studies.md)
 
 
@@ -338,6 +343,53 @@ def _arms(where, raw, keys: set, params: dict) -> dict:
     return arms
 
 
+def _objectives(where, s: dict, study: bool) -> None:
+    """search.objectives: the accuracy objective first, then the costs (docs/search-spaces.md). It sets
+    the search's metric and mode, which the space must not give otherwise."""
+    from tuner.pareto import ACCURACY_METRICS, COST_METRICS
+
+    given = s["objectives"]
+    if given is None:
+        return
+    label = f"{where}: search.objectives"
+    if not isinstance(given, list) or len(given) < 2 or not all(isinstance(o, dict) for o in given):
+        raise SpaceError(f"{label}: expected a list of at least two {{metric, mode}} mappings, accuracy first "
+                         f"(e.g. [{{metric: val_acc, mode: max}}, {{metric: density, mode: min}}])")
+    if study:
+        raise SpaceError(f"{label}: a study compares fixed arms and selects nothing; objectives are for a search")
+    for i, o in enumerate(given):
+        if set(o) != {"metric", "mode"}:
+            raise SpaceError(f"{label}[{i}]: expected exactly the keys metric and mode, got {', '.join(map(str, o))}")
+        if i == 0 and o["metric"] not in ACCURACY_METRICS:
+            raise SpaceError(f"{label}[0]: {o['metric']!r}; the first objective is the accuracy: "
+                             f"{', '.join(ACCURACY_METRICS)}")
+        if i > 0 and o["metric"] not in COST_METRICS:
+            raise SpaceError(f"{label}[{i}]: {o['metric']!r}; expected a cost: {', '.join(COST_METRICS)}")
+        expected = ACCURACY_METRICS[o["metric"]] if i == 0 else "min"
+        if o["mode"] != expected:
+            raise SpaceError(f"{label}[{i}]: {o['metric']} has mode {expected}, got {o['mode']!r}")
+    costs = [o["metric"] for o in given[1:]]
+    if len(set(costs)) != len(costs):
+        raise SpaceError(f"{label}: a cost is listed twice")
+    if s["metric"] != SEARCH_DEFAULTS["metric"] and s["metric"] != given[0]["metric"]:
+        raise SpaceError(f"{where}: search.metric: {s['metric']!r} differs from the first objective "
+                         f"({given[0]['metric']}); give one of them")
+    s["metric"], s["mode"] = given[0]["metric"], given[0]["mode"]
+
+
+def _confirm(where, s: dict, study: bool) -> None:
+    """search.confirm: {top: K, seeds: N} (docs/search-spaces.md, "Confirmation")."""
+    given = s["confirm"]
+    if given is None:
+        return
+    if not isinstance(given, dict) or set(given) != {"top", "seeds"}:
+        raise SpaceError(f"{where}: search.confirm: expected {{top: K, seeds: N}}, got {given!r}")
+    if study:
+        raise SpaceError(f"{where}: search.confirm: a study selects nothing, so there is no winner to confirm")
+    _positive_int(where, "search.confirm.top", given["top"], 2)
+    _positive_int(where, "search.confirm.seeds", given["seeds"], 2)
+
+
 def _positive_int(where, key, value, minimum=1):
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SpaceError(f"{where}: {key}: expected an integer >= {minimum}, got {value!r}")
@@ -352,6 +404,8 @@ def validate_space(space: Space, where: str) -> None:
     _positive_int(where, "search.seed", s["seed"], 0)
     if s["searcher"] not in ("optuna", "random", "grid"):
         raise SpaceError(f"{where}: search.searcher: {s['searcher']!r}; expected optuna, random or grid")
+    _objectives(where, s, space.study is not None)
+    _confirm(where, s, space.study is not None)
     if s["mode"] not in ("max", "min"):
         raise SpaceError(f"{where}: search.mode: {s['mode']!r}; expected max or min")
     if s["metric"] not in ("val_acc", "val_acc5", "val_loss"):
@@ -444,13 +498,19 @@ def teacher_key(values) -> str:
     return json.dumps(list(values), default=str)
 
 
+def study_seeds(study: dict) -> list[int]:
+    """The seeds every arm of a study runs with: first_seed, first_seed + 1, ... (first_seed is 0 except
+    in a confirmation, which takes seeds its search did not use)."""
+    return list(range(study.get("first_seed", 0), study.get("first_seed", 0) + study["seeds"]))
+
+
 def to_param_space(space: Space) -> dict:
     """Fixed values as they are, distributions as Ray Tune domains."""
     from ray import tune
 
     out = dict(space.config)
     if space.study is not None:
-        out["seed"] = tune.grid_search(list(range(space.study["seeds"])))
+        out["seed"] = tune.grid_search(study_seeds(space.study))
     if space.arms:
         # One grid value per arm; every key an arm sets is resolved from the chosen arm's recipe.
         arms = space.arm_configs()

@@ -111,11 +111,12 @@ def _paired(mine: list[dict], other: list[dict]) -> dict:
 
 
 def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str] | None = None,
-               correction: str = "holm", contrasts: list[tuple[str, str]] | None = None) -> dict:
+               correction: str = "holm", contrasts: list[tuple[str, str]] | None = None, first_seed: int = 0) -> dict:
     """The study table as data: a row per (stratum, arm), the reference arm first in each stratum, each
     arm paired by seed with the reference of its own stratum; resolution corrected over every comparison
     of the table. `contrasts` [(a, b), ...]: the table's comparisons are these paired differences a - b
-    within each stratum instead of every arm against the reference (docs/studies.md, "Contrasts")."""
+    within each stratum instead of every arm against the reference (docs/studies.md, "Contrasts"). The
+    arms ran seeds first_seed .. first_seed + seeds - 1."""
     done = [r for r in runs if r["status"] == "completed" and r["val_acc"] is not None]
     arms = list(dict.fromkeys((arm_order or []) + sorted({r["arm"] for r in runs})))
     arms = [reference] + [a for a in arms if a != reference]
@@ -132,7 +133,8 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
                    "fg": mean_std([r["fg_share"] for r in mine if r["fg_share"] is not None]),
                    "enrichment": mean_std([r["fg_enrichment"] for r in mine if r.get("fg_enrichment") is not None]),
                    "val_by_seed": [r["val_acc"] for r in mine], "test_by_seed": [r["test_acc"] for r in mine],
-                   "missing": _missing(runs, arm, stratum, {r["seed"] for r in mine}, seeds),
+                   "missing": _missing(runs, arm, stratum, {r["seed"] for r in mine},
+                                       range(first_seed, first_seed + seeds)),
                    "macs": _mean_macs([r.get("macs", (None, None)) for r in mine])}
             if arm != reference and contrasts is None:
                 row.update(_paired(mine, list(ref.values())))
@@ -165,12 +167,12 @@ def _mean_macs(pairs: list[tuple]) -> tuple:
     return statistics.mean(p[0] for p in known), statistics.mean(p[1] for p in known)
 
 
-def _missing(runs: list[dict], arm: str, stratum: tuple, finished: set, seeds: int) -> list[str]:
+def _missing(runs: list[dict], arm: str, stratum: tuple, finished: set, seeds) -> list[str]:
     """Why an arm has fewer finished runs than seeds: each missing seed with its run's status (diverged,
     failed, stopped, interrupted) or 'not run'. A run that drops out is named, never silently absent."""
     status = {r["seed"]: r for r in runs if r["arm"] == arm and r.get("stratum", ()) == stratum}
     out = []
-    for seed in range(seeds):
+    for seed in seeds:
         if seed in finished:
             continue
         r = status.get(seed)
@@ -271,9 +273,13 @@ def notes(table: dict, precision: str | None) -> list[str]:
     if table.get("at_last_stage_only"):
         out.append(f"Arm {', '.join(table['at_last_stage_only'])} distilled attention transfer at one tap only; "
                    f"the literature sums it over every stage group (Zagoruyko and Komodakis 2017).")
-    out.append("test_acc: the last epoch's test accuracy of each finished run, read once per run after its "
-               "training ended; nothing was selected on it." if table["complete"] else
-               "test_acc is shown once every run of every arm has finished.")
+    if table.get("confirms"):
+        out.append("A confirmation chooses among a search's configs, so it reads the validation split only, never "
+                   "the test split.")
+    else:
+        out.append("test_acc: the last epoch's test accuracy of each finished run, read once per run after its "
+                   "training ended; nothing was selected on it." if table["complete"] else
+                   "test_acc is shown once every run of every arm has finished.")
     if precision:
         out.append(f"All arms ran at precision {precision}.")
     return out
@@ -336,14 +342,24 @@ def comparison_figure(table: dict, path: Path, by: str) -> Path:
     return save_figure(fig, path)
 
 
+def study_table(client: MlflowClient, parent, runs: list[dict] | None = None) -> dict:
+    """The comparison of a study's parent run, from MLflow alone (`runs`: its load_runs, if read already)."""
+    p = parent.data.params
+    reference, seeds = p["study.reference"], int(p["study.seeds"])
+    order = [a for a in p.get("study.arms", "").split(",") if a]
+    runs = load_runs(client, parent) if runs is None else runs
+    contrasts = [tuple(c) for c in json.loads(p["study.contrasts"])] if p.get("study.contrasts") else None
+    table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"), contrasts,
+                       int(p.get("study.first_seed", 0)))
+    table["confirms"] = p.get("study.confirms")
+    return table
+
+
 def build_study(client: MlflowClient, parent, out_dir: Path) -> tuple[list[Path], str]:
     """The table (Markdown, HTML) and the figure of a study's parent run into out_dir, from MLflow alone."""
-    p = parent.data.params
-    by, reference, seeds = p["study.compare_by"], p["study.reference"], int(p["study.seeds"])
-    order = [a for a in p.get("study.arms", "").split(",") if a]
+    by = parent.data.params["study.compare_by"]
     runs = load_runs(client, parent)
-    contrasts = [tuple(c) for c in json.loads(p["study.contrasts"])] if p.get("study.contrasts") else None
-    table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"), contrasts)
+    table = study_table(client, parent, runs)
     precisions = sorted({r["precision"] for r in runs if r["precision"]})
     text = markdown(table, ", ".join(precisions) or None)
     out_dir = Path(out_dir)
