@@ -18,13 +18,26 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` is bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere."""
+def resolve_precision(precision: str, device: torch.device, cuda_bf16: bool | None = None) -> str:
+    """`auto` is bf16 on a CUDA device that supports it (Ampere and later; `cuda_bf16`, default
+    `torch.cuda.is_bf16_supported()`) and on CPUs with native bf16, fp32 elsewhere."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16"
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def set_cuda_fp32_math(precision: str) -> None:
+    """What `precision: fp32` means on CUDA: IEEE fp32. PyTorch lets cuDNN convolutions run in TF32 by
+    default (10-bit mantissa on Ampere and later), so an "fp32" run would not be fp32; we turn TF32 off
+    for convolutions and matmuls. A bf16 run keeps PyTorch's defaults for the few ops autocast leaves
+    in fp32. The flags are per process; a reused trial process sets them again for its next trial."""
+    exact = precision == "fp32"
+    torch.backends.cudnn.allow_tf32 = not exact
+    torch.backends.cuda.matmul.allow_tf32 = False if exact else torch.backends.cuda.matmul.allow_tf32
 
 
 def resolve_memory_format(memory_format: str, device: torch.device, precision: str) -> bool:

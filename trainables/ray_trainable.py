@@ -73,9 +73,26 @@ class SFKDTrainable(tune.Trainable):
         self.run = DistillRun(cfg, device=device, data=data, teacher_bytes=teacher_bytes)
 
     def reset_config(self, new_config: dict) -> bool:
-        # Lets Ray reuse this worker process for the next trial instead of starting a new one.
+        # Lets Ray reuse this worker process for the next trial instead of starting a new one. The last
+        # trial's run goes first: otherwise both live while the next is built, twice the GPU memory.
+        self.release()
         self.setup(new_config)
         return True
+
+    def release(self) -> None:
+        """Drop this worker's run (models, optimizer, the data on its device) and hand its cached CUDA
+        blocks back to the driver, so the next trial in this process, or another trial sharing the GPU,
+        can have them."""
+        import gc
+
+        cuda = getattr(getattr(self, "run", None), "cuda", False)
+        self.run = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+
+    def cleanup(self) -> None:
+        self.release()
 
     def step(self) -> dict:
         try:

@@ -11,12 +11,13 @@ from trainables.config import ConfigError, DistillConfig
 from trainables.cost import count_macs, effective_macs
 from trainables.data import DataSplits, DeviceLoader
 from trainables.data.augment import normalize
+from trainables.data.loader import to_device
 from trainables.inputs import digest_bytes, load_run_splits
 from trainables.losses import Connector
 from trainables.methods import LOSS_PARTS, get_method
 from trainables.models import create_model
 from trainables.models.taps import forward_taps
-from trainables.precision import autocast, resolve_memory_format, resolve_precision, set_cuda_determinism
+from trainables.precision import autocast, resolve_memory_format, resolve_precision, set_cuda_determinism, set_cuda_fp32_math
 from trainables.probe import attention_probe, measured_layer_densities
 from trainables.sparsity import (
     apply_masks,
@@ -102,6 +103,8 @@ class DistillRun:
         if self.cuda:
             set_cuda_determinism(cfg.deterministic)
         self.precision = resolve_precision(cfg.precision, self.device)
+        if self.cuda:
+            set_cuda_fp32_math(self.precision)
         self.channels_last = resolve_memory_format(cfg.memory_format, self.device, self.precision)
         self.teacher = teacher
         if self.teacher is None and cfg.uses_teacher:
@@ -225,7 +228,7 @@ class DistillRun:
         return self.cache.load(view) or self.cache.fill(
             view, lambda x: forward_taps(self.teacher, x, self.teacher_taps), self.train_loader.images,
             self.data.mean, self.data.std, autocast=lambda: autocast(self.device, self.precision),
-            channels_last=self.channels_last)
+            channels_last=self.channels_last, device=self.device)
 
     def learning_rate(self, epoch: int) -> float:
         """The lr of a 0-based epoch: multistep with milestones scaled to the budget, or cosine.
@@ -314,10 +317,9 @@ class DistillRun:
         cache changes no number."""
         if self.teacher is None or not self.method.needs_teacher:
             return None, None
-        if cached is not None:
-            rows = idx.cpu()
-            return (cached["logits"][rows].to(self.device, torch.float32),
-                    [cached[f"stage{i}"][rows].to(self.device, torch.float32)
+        if cached is not None:  # idx is the batch's rows on the host: no device sync to gather them
+            return (to_device(cached["logits"][idx], self.device),
+                    [to_device(cached[f"stage{i}"][idx], self.device)
                      for i in range(len(self._distilled(self.teacher_taps)))])
         with torch.inference_mode():
             t_logits, t_feats = forward_taps(self.teacher, x, self._distilled(self.teacher_taps), call=self.teacher_forward)

@@ -82,10 +82,12 @@ class TeacherCache:
 
     @torch.inference_mode()
     def fill(self, view: int, teacher_maps, images: torch.Tensor, mean, std,
-             batch: int = 500, autocast=contextlib.nullcontext, channels_last: bool = False) -> dict[str, torch.Tensor] | None:
+             batch: int = 500, autocast=contextlib.nullcontext, channels_last: bool = False,
+             device: torch.device | None = None) -> dict[str, torch.Tensor] | None:
         """Compute and publish a view unless it exists or another trial is computing it right now
         (then None: the caller runs the teacher on the fly for this epoch). `teacher_maps(x)` gives the
-        teacher's (logits, [map at each distilled tap])."""
+        teacher's (logits, [map at each distilled tap]) on `device` (default: where `images` are; images too
+        large for a GPU stay on the host and each batch is copied)."""
         if view >= self.cached_views:
             return None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +104,8 @@ class TeacherCache:
             for start in range(0, self.n, batch):
                 idx = torch.arange(start, min(start + batch, self.n), device=dev)
                 x = normalize(view_batch(images, idx, params), torch.as_tensor(mean), torch.as_tensor(std))
+                if device is not None:
+                    x = x.to(device)
                 if channels_last:  # the layout the training loop feeds the teacher, so the same numbers
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():

@@ -84,7 +84,8 @@ def resized_crop_flip(x: torch.Tensor, top, left, height, width, flip) -> torch.
 
     b, _, h, w = x.shape
     dev = x.device
-    boxes = torch.stack([torch.arange(b), left, top, left + width, top + height], 1).to(dev, torch.float32)
+    boxes = torch.stack([torch.arange(b, device=left.device), left, top, left + width, top + height], 1).to(
+        dev, torch.float32)
     out = roi_align(x.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
     return torch.where(flip.to(dev)[:, None, None, None], out.flip(3), out)
 
@@ -120,5 +121,11 @@ def view_params(n: int, seed: int, view: int, image_size: int = 32) -> tuple:
 
 def view_batch(images: torch.Tensor, idx: torch.Tensor, params) -> torch.Tensor:
     """images[idx] as augmented in the view whose parameters are `params`."""
-    cpu_idx = idx.cpu()
-    return apply_params(images[idx], tuple(p[cpu_idx] for p in params))
+    return view_of_batch(images[idx], idx, params)
+
+
+def view_of_batch(batch: torch.Tensor, idx: torch.Tensor, params) -> torch.Tensor:
+    """A batch already gathered (the images at rows `idx`) as augmented in the view of `params`. The
+    parameters are indexed by `idx` on their own device: params and rows on a GPU need no copy back to
+    the host, which would make every batch wait for the device."""
+    return apply_params(batch, tuple(p[idx.to(p.device)] for p in params))
