@@ -90,6 +90,7 @@ class SFKDTrainable(tune.Trainable):
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # gpu_mem_peak_mb is then the next trial's own
 
     def cleanup(self) -> None:
         self.release()
@@ -103,6 +104,8 @@ class SFKDTrainable(tune.Trainable):
                                f"(batch_size {self.run.cfg.batch_size}, {self.run.cfg.student} + "
                                f"{self.run.cfg.teacher_arch}): {str(e).splitlines()[0]}") from None
         metrics["cuda"] = int(self.run.device.type == "cuda")
+        if self.run.cuda:  # this trial's own peak, what a GPU share must hold (benchmarks/gpu.py reads it)
+            metrics["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(self.run.device) / 2 ** 20
         metrics["ray_gpu_ids"] = len(self.gpu_ids)
         metrics["ray_gpu_share"] = self.gpu_share
         metrics.update(self.shipped)  # 1: came through the object store; 0: read from this node's disk
