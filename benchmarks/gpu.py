@@ -207,7 +207,8 @@ def packing(a, teacher: Path, alone: float | None) -> dict:
             wall = time.monotonic() - t
             client = MlflowClient(uri)
             exp = client.get_experiment_by_name(f"pack{k}")
-            runs = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` != 'search'")
+            parents = client.search_runs([exp.experiment_id], "tags.`sfkd.kind` = 'search'")
+            runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
             rates, peaks = [], []
             for r in runs:
                 hist = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "img_per_s")}
