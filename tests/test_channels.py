@@ -96,6 +96,8 @@ def test_a_channel_pruned_run_trains_a_smaller_dense_student_whose_checkpoint_re
     fresh = fit_to_checkpoint(create_model("resnet8", 10), loaded, meta["config"], 32)
     fresh.load_state_dict(loaded)
     x = torch.randn(2, 3, 32, 32)
+    if run.channels_last:  # the same layout as the run's student, so the same kernels: equal to the bit
+        fresh.to(memory_format=torch.channels_last)
     assert torch.equal(fresh.eval()(x), run.student.eval()(x))
     r = subprocess.run([sys.executable, "-m", "tuner.checkpoint", str(ckpt), "--onnx", str(tmp_path / "s.onnx")],
                        capture_output=True, text=True, timeout=300)

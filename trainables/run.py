@@ -64,12 +64,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.inference_mode()
 def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, device: torch.device,
                    precision: str = "fp32", channels_last: bool = False) -> dict:
     """Top-1 and top-5 accuracy (percent) and mean CE of `model` on images x (uint8) with labels y."""
     if channels_last:  # the layout of the batches below, as in training
+        # Outside inference mode: a buffer converted inside it (a mask registered since the last
+        # conversion) would become an inference tensor, which the next mask update cannot write.
         model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return _evaluate(model, x, y, mean, std, device, precision, channels_last)
+
+
+def _evaluate(model: nn.Module, x, y, mean, std, device, precision, channels_last) -> dict:
     was_training = model.training
     model.eval()
     loader = DeviceLoader(x, y, 500, mean, std, device, train=False, channels_last=channels_last)
@@ -434,7 +440,6 @@ class DistillRun:
             m.momentum = momentum
         self.student.train(was_training)
 
-    @torch.inference_mode()
     def evaluate(self, split: str = "val", model: nn.Module | None = None) -> dict:
         """Top-1 and top-5 accuracy (percent) and mean CE of the student (or `model`) on a split."""
         x, y = {"val": (self.data.val_x, self.data.val_y), "test": (self.data.test_x, self.data.test_y),
