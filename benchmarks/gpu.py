@@ -67,7 +67,7 @@ class Report:
             if section == "machine":
                 continue
             for k, v in values.items():
-                shown = f"{v:.4g}" if isinstance(v, float) else str(v)
+                shown = f"{v:.4g}" if isinstance(v, float) else " ".join(str(v).split())
                 lines.append(f"| {section}: {k} | {shown} |")
         return "\n".join(lines) + "\n"
 
@@ -87,10 +87,11 @@ def section(report: Report, name: str, budget_s: float, fn, *args) -> dict | Non
 
 
 def trial_config(a, teacher: Path, **kw) -> dict:
-    return dict(dataset="cifar10", data_dir=a.data, train_subset=a.images, teacher=str(teacher),
-                teacher_arch="resnet56", student="resnet20", method="sfkd", alpha=0.5, beta=0.5, gamma=0.5,
-                bg_weight=0.4, fg_size=4, density=0.1, sparse_init="ERK", batch_size=64, lr=0.05, epochs=2,
-                precision="auto", memory_format="auto", device=a.device, **kw)
+    cfg = dict(dataset="cifar10", data_dir=a.data, train_subset=a.images, teacher=str(teacher),
+               teacher_arch="resnet56", student="resnet20", method="sfkd", alpha=0.5, beta=0.5, gamma=0.5,
+               bg_weight=0.4, fg_size=4, density=0.1, sparse_init="ERK", batch_size=64, lr=0.05, epochs=2,
+               precision="auto", memory_format="auto", device=a.device)
+    return {**cfg, **kw}
 
 
 def train_small_teacher(a, path: Path) -> dict:
