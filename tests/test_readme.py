@@ -22,6 +22,8 @@ NOT_RUN_HERE = {  # a command's start -> why this test does not run it
     "python -m tuner.teacher --arch resnet56 --dataset cifar10": "real CIFAR-10 for 20-30 epochs",
     "python -m tuner.teacher --arch resnet56 --dataset imagefolder --data-dir ~/data/mydata": "the user's own data",
     "python -m tuner.search --space study_methods": "real CIFAR-10 for an hour (RESULTS.md), or a GPU cluster",
+    "python -m tuner.search --space study_foreground": "real CIFAR-10, a teacher per shift and about 60 runs: hours "
+                                                       "(docs/studies.md)",
     "python -m tuner.heatmaps --runs": "needs run ids of your own search (tests/test_search.py runs it on real ids)",
     "python -m tuner.search --space smoke --resume": "needs an interrupted search (tests/test_reliability.py kills one)",
     "python -m tuner.sync --run-dir": "needs an MLflow outage (tests/test_reliability.py makes one)",

@@ -242,3 +242,26 @@ def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest_one_that
     for i in (3, 6):
         (trial / f"checkpoint_00000{i}" / CHECKPOINT_FILE).unlink()
     assert newest_loadable_checkpoint(gone) is None  # nothing to resume from: Ray's own error stands
+
+
+def test_a_trial_whose_ending_a_killed_driver_tagged_but_never_closed_is_closed_on_resume(tmp_path):
+    """The ending of a trial is its tag first, then (after its figures, on a thread) the run's end. A driver
+    killed between the two leaves a run tagged completed but RUNNING; the resume closes it at once, so an
+    interruption of the resumed search (which leaves earlier endings alone) cannot leave it RUNNING."""
+    from tuner.tracking import SearchTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("killed")
+    parent = client.create_run(exp, tags={"sfkd.kind": "search"})
+    ended = {}
+    for trial_id, status in (("t1", "completed"), ("t2", "diverged"), ("t3", None)):
+        run = client.create_run(exp, tags={PARENT_TAG: parent.info.run_id, "sfkd.trial_id": trial_id,
+                                           **({"sfkd.status": status} if status else {})})
+        ended[trial_id] = run.info.run_id
+    tracker = SearchTracker(uri, experiment="killed", run_dir=tmp_path)
+    tracker.resume_parent(parent.info.run_id)
+    assert client.get_run(ended["t1"]).info.status == "FINISHED"
+    assert client.get_run(ended["t2"]).info.status == "FAILED"
+    assert client.get_run(ended["t3"]).info.status == "RUNNING"  # no ending recorded: the resume runs it on
+    assert tracker.ended_before == {"t1", "t2"}

@@ -380,8 +380,15 @@ class SearchTracker:
                                            max_results=5000)
         for run in children:
             self.children[run.data.tags["sfkd.trial_id"]] = run.info.run_id
-            if run.data.tags.get("sfkd.status") not in (None, "interrupted"):
+            ending = run.data.tags.get("sfkd.status")
+            if ending not in (None, "interrupted"):
                 self.ended_before.add(run.data.tags["sfkd.trial_id"])
+                if run.info.status == "RUNNING":
+                    # The killed process wrote the trial's ending (its tag) but died before it closed the
+                    # run (that follows its figures, on a thread): close it now, whatever this process
+                    # does next, or it stays RUNNING for good.
+                    self.client.set_terminated(run.info.run_id,
+                                               "FAILED" if ending in ("diverged", "error") else "FINISHED")
             history = self.client.get_metric_history(run.info.run_id, "lr")  # logged every epoch
             self.last_step[run.info.run_id] = max((m.step for m in history), default=0)
         for op in self.pending:  # still unsent (the store refused them again): they count as logged too
