@@ -3,7 +3,7 @@ the config with the best mean, not the luckiest single trial (the winner's curse
 
 The confirmation is a study (docs/studies.md) written as a space file of its own in the search's run
 folder: one arm per config (`trial_<id>`, the search trial's full config), seeds the search did not use,
-FIFO, validation only, compared by seed with the search's winner under Holm's correction. It is recorded
+FIFO, validation only, every pair of configs compared by seed under Holm's correction. It is recorded
 as its own MLflow parent run in the search's experiment, tagged `sfkd.confirms` with the search's run
 id, and resumes like any search. docs/search-spaces.md ("Confirmation") says what it costs.
 """
@@ -51,7 +51,8 @@ def space_text(space, results: list, search_run_id: str, search_name: str) -> st
     doc = {
         "description": (f"Confirmation of search {search_name} (MLflow run {search_run_id}): its {len(arms)} best "
                         f"configs, each run again with seeds {first_seed}..{first_seed + confirm['seeds'] - 1}, "
-                        f"compared by seed with the search's winner ({next(iter(arms))}), validation only."),
+                        f"every pair compared by seed (the search's winner is {next(iter(arms))}), "
+                        f"validation only."),
         "config": shared,
         "arms": arms,
         # Every pair, the lower-ranked config minus the higher-ranked one, under Holm's correction over all
