@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 from tuner import report as report_cli
 from tuner import search
 from tuner.spaces import SpaceError, parse_space
-from tuner.study import TABLE_MD, StudyError, adjust, comparison, load_runs, markdown, paired_p, t_interval
+from tuner.study import (TABLE_MD, StudyError, adjust, comparison, load_runs, markdown, paired_p, study_table,
+                         t_interval)
 from tuner.tracking import PARENT_TAG
 
 T_975_2DF = 4.30265273  # Student's t, 97.5th percentile, 2 degrees of freedom (printed tables give 4.303)
@@ -532,3 +533,67 @@ def test_the_foreground_enrichment_is_the_share_over_the_squares_area():
     flat = torch.full((4, 3, 4, 4), 100, dtype=torch.uint8)
     probe, _ = attention_probe(Identity(), None, flat, (0, 0, 0), (1, 1, 1), 2, ("body", None), torch.device("cpu"))
     assert probe["student_fg_share"] == pytest.approx(0.25) and probe["student_fg_enrichment"] == pytest.approx(1.0)
+
+
+def test_a_stratum_lists_only_the_values_its_arms_hold_so_holm_covers_the_comparisons_the_design_has():
+    # study_patterns' shape: a dense arm (density 1, unstructured) has no channel twin. Its stratum holds
+    # no channel row ("not run" would be false), and Holm covers the 2 channel - unstructured pairs, not 3.
+    def at(d):
+        return (("student", "resnet20"), ("density", d))
+    runs = [_run("unstructured", s, 70.0 + s, stratum=at("1.0")) for s in range(3)]
+    runs += [_run(p, s, v + s, stratum=at(d)) for d in ("0.5", "0.25") for p, v in (("unstructured", 66.0),
+                                                                                  ("channel", 64.0)) for s in range(3)]
+    runs[-1]["val_acc"] += 0.5  # a spread, so the 0.25 pair has an interval
+    cells = [["unstructured", ["resnet20", "1.0"]], ["unstructured", ["resnet20", "0.5"]],
+             ["channel", ["resnet20", "0.5"]], ["unstructured", ["resnet20", "0.25"]], ["channel", ["resnet20", "0.25"]]]
+    table = comparison(runs, "unstructured", 3, ["unstructured", "channel"], cells=cells)
+    assert [r["label"] for r in table["rows"]] == [
+        "unstructured, student=resnet20, density=0.25", "channel, student=resnet20, density=0.25",
+        "unstructured, student=resnet20, density=0.5", "channel, student=resnet20, density=0.5",
+        "unstructured, student=resnet20, density=1.0"]
+    assert table["family"] == 2
+    # Without the design every value shows in every stratum: a channel row at density 1.0 "not run".
+    assert comparison(runs, "unstructured", 3, ["unstructured", "channel"])["family"] == 3
+    # A run the design does not name still shows: the design can add a row, never hide a run.
+    table = comparison(runs, "unstructured", 3, ["unstructured", "channel"], cells=cells[1:])
+    assert "unstructured, student=resnet20, density=1.0" in [r["label"] for r in table["rows"]]
+
+
+def test_study_patterns_records_which_pattern_each_student_and_density_holds():
+    space = parse_space("study_patterns")
+    assert space.study["strata"] == ["student", "density"]
+    cells = {(v, tuple(s)) for v, s in space.study["cells"]}
+    for student in ("resnet20", "torchvision:resnet18"):
+        assert ("unstructured", (student, "1.0")) in cells and ("channel", (student, "1.0")) not in cells
+        for d in ("0.5", "0.25"):
+            assert {("unstructured", (student, d)), ("channel", (student, d))} <= cells
+    assert len(cells) == 10
+    assert parse_space("study_methods").study["cells"] is None  # arms x grid: every value in every stratum
+
+
+def test_a_study_recorded_before_the_design_param_reads_its_design_from_the_space_file_it_logged(tmp_path):
+    from tuner.spaces import SPACES_DIR
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("study_patterns", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp).info.run_id
+    for k, v in {"study.compare_by": "sparsity_pattern", "study.reference": "unstructured", "study.seeds": "1",
+                 "study.strata": "student,density", "study.arms": "unstructured,channel"}.items():
+        client.log_param(parent, k, v)  # what the driver recorded before study.cells
+    client.log_artifact(parent, str(SPACES_DIR / "study_patterns.yaml"), "space")
+    for student in ("resnet20", "torchvision:resnet18"):
+        for pattern, density in [("unstructured", "1.0"), ("unstructured", "0.5"), ("channel", "0.5"),
+                                 ("unstructured", "0.25"), ("channel", "0.25")]:
+            child = client.create_run(exp, tags={PARENT_TAG: parent, "sfkd.status": "completed"}).info.run_id
+            for k, v in {"sparsity_pattern": pattern, "student": student, "density": density, "seed": "0"}.items():
+                client.log_param(child, k, v)
+            client.log_metric(child, "val_acc", 60.0, step=1)
+    table = study_table(client, client.get_run(parent))
+    assert table["family"] == 4  # channel - unstructured at 0.5 and 0.25, for each student
+    assert not [r for r in table["rows"] if r["arm"] == "channel" and "density=1.0" in r["label"]]
+    # A recorded design wins over the file: one that names a channel twin of the dense resnet20 lists it.
+    client.log_param(parent, "study.cells", '[["channel", ["resnet20", "1.0"]]]')
+    table = study_table(client, client.get_run(parent))
+    assert table["family"] == 5
+    row = next(r for r in table["rows"] if r["label"] == "channel, student=resnet20, density=1.0")
+    assert row["n"] == 0 and row["missing"] == ["seed 0 not run"]

@@ -267,14 +267,15 @@ def make_study(space: Space, where: str) -> None:
             if k not in keys or k in (by, "arm", "seed"):
                 raise SpaceError(f"{where}: study.strata: {k!r} is not a config key that can group arms"
                                  f"{did_you_mean(k, keys)}")
-        _check_strata(where, space, by, reference, given)
+        cells = _check_strata(where, space, by, reference, given)
         strata = list(given) + [k for k in grids if k != by and k not in given]
     else:
         # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
         strata = [k for k in (["arm"] if space.arms else []) + grids if k != by]
+        cells = None  # every compared value runs in every stratum
     space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata,
                    "correction": st["correction"], "contrasts": contrasts, "first_seed": st["first_seed"],
-                   "confirms": st["confirms"]}
+                   "confirms": st["confirms"], "cells": cells}
     space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
     space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
     # A confirmation chooses among a search's configs: it reads validation only, never the test split.
@@ -303,8 +304,10 @@ def _contrasts(where, given, values: list[str]) -> list[list[str]] | None:
     return out
 
 
-def _check_strata(where, space: Space, by: str, reference: str, strata: list) -> None:
-    """Within each stratum every compared value appears once, and the reference is there to pair with."""
+def _check_strata(where, space: Space, by: str, reference: str, strata: list) -> list[list]:
+    """Within each stratum every compared value appears once, and the reference is there to pair with.
+    Returns the design: [[value, [stratum values]], ...], the compared values each stratum of arms holds
+    (a dense arm has no channel twin: its stratum's table must not list a channel row as not run)."""
     seen: dict[tuple, list] = {}
     low = {k: _extremes(spec)[0] for k, spec in space.params.items()}  # as validate_space checked them
     for name, values in space.arm_configs().items():
@@ -321,6 +324,7 @@ def _check_strata(where, space: Space, by: str, reference: str, strata: list) ->
             raise SpaceError(f"{where}: study.reference: no arm with {by}={reference} for "
                              f"{', '.join(f'{k}={v}' for k, v in zip(strata, stratum))}, so its arms have nothing "
                              f"to be paired with")
+    return [[value, list(stratum)] for stratum, values in seen.items() for value in values]
 
 
 def _arms(where, raw, keys: set, params: dict) -> dict:

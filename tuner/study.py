@@ -12,13 +12,16 @@ import html
 import json
 import math
 import statistics
+import tempfile
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from trainables.cost import format_macs
 from tuner.errors import UsageError
 from tuner.figures import plt, save_figure
+from tuner.spaces import SpaceError, parse_space
 from tuner.tracking import PARENT_TAG
 
 TABLE_MD = "study_table.md"
@@ -111,12 +114,15 @@ def _paired(mine: list[dict], other: list[dict]) -> dict:
 
 
 def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str] | None = None,
-               correction: str = "holm", contrasts: list[tuple[str, str]] | None = None, first_seed: int = 0) -> dict:
+               correction: str = "holm", contrasts: list[tuple[str, str]] | None = None, first_seed: int = 0,
+               cells: list[list] | None = None) -> dict:
     """The study table as data: a row per (stratum, arm), the reference arm first in each stratum, each
     arm paired by seed with the reference of its own stratum; resolution corrected over every comparison
     of the table. `contrasts` [(a, b), ...]: the table's comparisons are these paired differences a - b
     within each stratum instead of every arm against the reference (docs/studies.md, "Contrasts"). The
-    arms ran seeds first_seed .. first_seed + seeds - 1."""
+    arms ran seeds first_seed .. first_seed + seeds - 1. `cells` [[value, [stratum values]], ...]: the
+    design of a study whose arms set its strata (a stratum lists only the values its arms hold, plus any
+    that ran there); None: every value in every stratum."""
     done = [r for r in runs if r["status"] == "completed" and r["val_acc"] is not None]
     arms = list(dict.fromkeys((arm_order or []) + sorted({r["arm"] for r in runs})))
     arms = [reference] + [a for a in arms if a != reference]
@@ -125,7 +131,7 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
     for stratum in strata:
         here = [r for r in done if r.get("stratum", ()) == stratum]
         ref = {r["seed"]: r for r in here if r["arm"] == reference}
-        for arm in arms:
+        for arm in _arms_of(arms, stratum, runs, cells):
             mine = sorted((r for r in here if r["arm"] == arm), key=lambda r: r["seed"])
             label = arm + "".join(f", {k}={v}" for k, v in stratum)
             row = {"arm": arm, "label": label, "n": len(mine), "seeds": [r["seed"] for r in mine],
@@ -156,6 +162,17 @@ def comparison(runs: list[dict], reference: str, seeds: int, arm_order: list[str
     return {"reference": reference, "seeds": seeds, "rows": rows, "complete": complete, "teacher_fg": teacher,
             "correction": correction, "family": len(family), "at_last_stage_only": _at_last_stage_only(done),
             "contrasts": contrast_rows if contrasts is not None else None}
+
+
+def _arms_of(arms: list[str], stratum: tuple, runs: list[dict], cells: list[list] | None) -> list[str]:
+    """The compared values a stratum's rows show: those its design holds and any that ran there (so a
+    design that misnames a value can add a row, never hide a run)."""
+    if cells is None:
+        return arms
+    values = [v for _, v in stratum]
+    held = {value for value, prefix in cells if values[:len(prefix)] == list(prefix)}
+    held |= {r["arm"] for r in runs if r.get("stratum", ()) == stratum}
+    return [a for a in arms if a in held]
 
 
 def _mean_macs(pairs: list[tuple]) -> tuple:
@@ -349,10 +366,27 @@ def study_table(client: MlflowClient, parent, runs: list[dict] | None = None) ->
     order = [a for a in p.get("study.arms", "").split(",") if a]
     runs = load_runs(client, parent) if runs is None else runs
     contrasts = [tuple(c) for c in json.loads(p["study.contrasts"])] if p.get("study.contrasts") else None
+    cells = design_cells(client, parent)
     table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"), contrasts,
-                       int(p.get("study.first_seed", 0)))
+                       int(p.get("study.first_seed", 0)), cells)
     table["confirms"] = p.get("study.confirms")
     return table
+
+
+def design_cells(client: MlflowClient, parent) -> list[list] | None:
+    """Which compared values each stratum holds (see comparison): the parent's `study.cells`; for a study
+    recorded before that param existed, the space file logged with its parent run (`space/`)."""
+    p = parent.data.params
+    if "study.cells" in p:
+        return json.loads(p["study.cells"])
+    try:
+        logged = [a.path for a in client.list_artifacts(parent.info.run_id, "space") if a.path.endswith(".yaml")]
+        if len(logged) != 1:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return parse_space(client.download_artifacts(parent.info.run_id, logged[0], tmp)).study["cells"]
+    except (SpaceError, OSError, MlflowException):  # unreadable: every value in every stratum, as before
+        return None
 
 
 def build_study(client: MlflowClient, parent, out_dir: Path) -> tuple[list[Path], str]:
