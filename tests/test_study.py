@@ -1,4 +1,5 @@
 """Studies: fixed arms x seeds, paired differences with t intervals, test read once per finished run."""
+import json
 import math
 import statistics
 from pathlib import Path
@@ -231,6 +232,7 @@ def test_a_two_arm_three_seed_study_runs_end_to_end_and_report_rebuilds_its_tabl
     children = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     assert sorted((c.data.params["arm"], c.data.params["seed"]) for c in children) == [
         (a, str(s)) for a in ("ft", "kd") for s in range(3)]
+    assert parent.data.params["study.cells"] == "null"  # arms alone: every arm in the one group
     for child in children:
         assert child.data.tags["sfkd.status"] == "completed"  # FIFO: nothing stopped early
         # The test split was read once, after the last epoch; every epoch read the validation split.
@@ -457,6 +459,8 @@ def test_study_miniimagenet_runs_end_to_end_on_mini_imagenet_shaped_data_pairing
         assert f"| kd, teacher_arch={teacher}, student={student} | 1 |" in table
         assert f"| sfkd, teacher_arch={teacher}, student={student} | 1 |" in table
     assert table.count("(reference)") == 2 and table.count("(n = 1: no interval)") == 2
+    assert sorted(map(tuple, ((v, tuple(s)) for v, s in json.loads(parent.data.params["study.cells"])))) == sorted(
+        (m, (t, s)) for t, s in pairs for m in ("kd", "sfkd"))
 
 
 PAIRS = """

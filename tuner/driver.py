@@ -276,8 +276,8 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                 params["study.confirms"] = space.study["confirms"]
             if space.study["contrasts"] is not None:
                 params["study.contrasts"] = json.dumps(space.study["contrasts"])
-            if space.study["cells"] is not None:
-                params["study.cells"] = json.dumps(space.study["cells"])
+            # The design, so a table never asks the logged space file ("null": every value in every stratum).
+            params["study.cells"] = json.dumps(space.study["cells"])
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
                                             "mlflow.note.content": space.description or f"search of space {space.name}",
                                             "sfkd.study": str(space.study is not None).lower(),

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from trainables.cost import format_macs
 from tuner.errors import UsageError
 from tuner.figures import plt, save_figure
-from tuner.spaces import SpaceError, parse_space
+from tuner.spaces import parse_space
 from tuner.tracking import PARENT_TAG
 
 TABLE_MD = "study_table.md"
@@ -385,7 +385,7 @@ def design_cells(client: MlflowClient, parent) -> list[list] | None:
             return None
         with tempfile.TemporaryDirectory() as tmp:
             return parse_space(client.download_artifacts(parent.info.run_id, logged[0], tmp)).study["cells"]
-    except (SpaceError, OSError, MlflowException):  # unreadable: every value in every stratum, as before
+    except (ValueError, OSError, MlflowException):  # unreadable: every value in every stratum, as before
         return None
 
 
