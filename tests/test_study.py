@@ -10,8 +10,7 @@ from mlflow.tracking import MlflowClient
 from tuner import report as report_cli
 from tuner import search
 from tuner.spaces import SpaceError, parse_space
-from tuner.study import (TABLE_MD, StudyError, adjust, comparison, load_runs, markdown, paired_p, study_table,
-                         t_interval)
+from tuner.study import TABLE_MD, StudyError, adjust, comparison, load_runs, markdown, paired_p, study_table, t_interval
 from tuner.tracking import PARENT_TAG
 
 T_975_2DF = 4.30265273  # Student's t, 97.5th percentile, 2 degrees of freedom (printed tables give 4.303)
