@@ -30,7 +30,7 @@ from tuner.spaces import teacher_key, to_param_space
 from tuner.storage import RunStorage
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
 from tuner.teacher_training import teacher_config, train_teacher_on_ray
-from tuner.tracking import PENDING_FILE, UNREADABLE_FILE, SearchTracker, check_tracking_store, normalise_uri
+from tuner.tracking import PARAM_CHARS, PENDING_FILE, UNREADABLE_FILE, SearchTracker, check_tracking_store, normalise_uri
 
 
 def code_version() -> str:
@@ -276,8 +276,10 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                 params["study.confirms"] = space.study["confirms"]
             if space.study["contrasts"] is not None:
                 params["study.contrasts"] = json.dumps(space.study["contrasts"])
-            # The design, so a table never asks the logged space file ("null": every value in every stratum).
-            params["study.cells"] = json.dumps(space.study["cells"])
+            # The design, so a table need not read the logged space file ("null": every value in every
+            # stratum). A design longer than a param holds would be cut: it is read from that file instead.
+            if len(cells := json.dumps(space.study["cells"])) <= PARAM_CHARS:
+                params["study.cells"] = cells
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
                                             "mlflow.note.content": space.description or f"search of space {space.name}",
                                             "sfkd.study": str(space.study is not None).lower(),

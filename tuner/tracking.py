@@ -31,7 +31,8 @@ PARENT_TAG = "mlflow.parentRunId"
 PENDING_FILE = "mlflow_pending.jsonl"
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the training view
-CONFIG_ARTIFACT = "config.json"  # a trial's full config; params are cut at 500 characters
+CONFIG_ARTIFACT = "config.json"  # a trial's full config; params are cut at PARAM_CHARS characters
+PARAM_CHARS = 500  # what every MLflow store accepts (newer servers take 6000; older ones 500)
 
 
 def default_tracking_uri() -> str:
@@ -408,7 +409,7 @@ class SearchTracker:
         return self._resolve(self.children[trial_id])
 
     def log_params(self, run_id: str, config: dict) -> None:
-        params = [(k, str(v)[:500]) for k, v in sorted(config.items())]
+        params = [(k, str(v)[:PARAM_CHARS]) for k, v in sorted(config.items())]
         for i in range(0, len(params), 100):
             self._submit({"op": "log_batch", "run_id": run_id, "params": params[i:i + 100]})
 
