@@ -600,3 +600,28 @@ def test_a_study_recorded_before_the_design_param_reads_its_design_from_the_spac
     assert table["family"] == 5
     row = next(r for r in table["rows"] if r["label"] == "channel, student=resnet20, density=1.0")
     assert row["n"] == 0 and row["missing"] == ["seed 0 not run"]
+
+
+def test_contrasts_too_long_for_a_param_are_read_from_the_space_file_the_parent_logged(tmp_path):
+    # A confirmation of 6 configs compares 15 pairs: more JSON than the 500 characters a param keeps.
+    from tuner.study import IN_SPACE_FILE
+
+    space_file = _write(STUDY.format(teacher="auto").replace("study:\n", "study:\n  contrasts: [[ft, kd]]\n"),
+                        "tiny.yaml")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("tiny", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp).info.run_id
+    for k, v in {"study.compare_by": "arm", "study.reference": "kd", "study.seeds": "3", "study.strata": "",
+                 "study.contrasts": IN_SPACE_FILE, "study.cells": "null"}.items():
+        client.log_param(parent, k, v)
+    client.log_artifact(parent, str(space_file), "space")
+    for arm, vals in (("kd", [70.0, 71.0, 72.5]), ("ft", [68.0, 70.0, 70.0])):
+        for seed, val in enumerate(vals):
+            child = client.create_run(exp, tags={PARENT_TAG: parent, "sfkd.status": "completed"}).info.run_id
+            client.log_param(child, "arm", arm)
+            client.log_param(child, "seed", str(seed))
+            client.log_metric(child, "val_acc", val, step=1)
+    table = study_table(client, client.get_run(parent))
+    (row,) = table["contrasts"]
+    assert (row["arm"], row["against"], row["pairs"]) == ("ft", "kd", 3)
+    assert row["diff"][0] == pytest.approx((-2.0 - 1.0 - 2.5) / 3)

@@ -28,6 +28,7 @@ from tuner.ranking import ranked, score_of
 from tuner.search_report import log_report
 from tuner.spaces import teacher_key, to_param_space
 from tuner.storage import RunStorage
+from tuner.study import IN_SPACE_FILE as STUDY_IN_SPACE_FILE
 from tuner.study import TABLE_MD as STUDY_TABLE_MD
 from tuner.teacher_training import teacher_config, train_teacher_on_ray
 from tuner.tracking import PARAM_CHARS, PENDING_FILE, UNREADABLE_FILE, SearchTracker, check_tracking_store, normalise_uri
@@ -274,12 +275,12 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                 params["study.first_seed"] = space.study["first_seed"]
             if space.study["confirms"]:
                 params["study.confirms"] = space.study["confirms"]
-            if space.study["contrasts"] is not None:
-                params["study.contrasts"] = json.dumps(space.study["contrasts"])
-            # The design, so a table need not read the logged space file ("null": every value in every
-            # stratum). A design longer than a param holds would be cut: it is read from that file instead.
-            if len(cells := json.dumps(space.study["cells"])) <= PARAM_CHARS:
-                params["study.cells"] = cells
+            # The design ("null" cells: every value in every stratum). One longer than a param holds would
+            # be cut (a confirmation of 6 configs has 15 contrasts): the table reads it from the space file.
+            for key in ("contrasts", "cells"):
+                if key == "cells" or space.study[key] is not None:
+                    value = json.dumps(space.study[key])
+                    params[f"study.{key}"] = value if len(value) <= PARAM_CHARS else STUDY_IN_SPACE_FILE
         tracker.start_parent(name, params, {"sfkd.kind": "search", "sfkd.space": space.name,
                                             "mlflow.note.content": space.description or f"search of space {space.name}",
                                             "sfkd.study": str(space.study is not None).lower(),

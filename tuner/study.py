@@ -365,26 +365,31 @@ def study_table(client: MlflowClient, parent, runs: list[dict] | None = None) ->
     reference, seeds = p["study.reference"], int(p["study.seeds"])
     order = [a for a in p.get("study.arms", "").split(",") if a]
     runs = load_runs(client, parent) if runs is None else runs
-    contrasts = [tuple(c) for c in json.loads(p["study.contrasts"])] if p.get("study.contrasts") else None
-    cells = design_cells(client, parent)
+    contrasts = study_param(client, parent, "contrasts", absent="")
+    contrasts = [tuple(c) for c in contrasts] if contrasts is not None else None
+    cells = study_param(client, parent, "cells")
     table = comparison(runs, reference, seeds, order, p.get("study.correction", "holm"), contrasts,
                        int(p.get("study.first_seed", 0)), cells)
     table["confirms"] = p.get("study.confirms")
     return table
 
 
-def design_cells(client: MlflowClient, parent) -> list[list] | None:
-    """Which compared values each stratum holds (see comparison): the parent's `study.cells`; for a study
-    recorded before that param existed, the space file logged with its parent run (`space/`)."""
-    p = parent.data.params
-    if "study.cells" in p:
-        return json.loads(p["study.cells"])
+IN_SPACE_FILE = "space"  # a study param too long for MLflow: read it from the space file logged with the parent
+
+
+def study_param(client: MlflowClient, parent, key: str, absent=IN_SPACE_FILE):
+    """A study's design param (`cells`, `contrasts`) as JSON from its parent run. Where it did not fit a
+    param (IN_SPACE_FILE), or for `cells` a study recorded before it existed, it comes from the space file
+    logged with the parent (`space/`)."""
+    value = parent.data.params.get(f"study.{key}", absent)
+    if value != IN_SPACE_FILE:
+        return json.loads(value) if value else None
     try:
         logged = [a.path for a in client.list_artifacts(parent.info.run_id, "space") if a.path.endswith(".yaml")]
         if len(logged) != 1:
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            return parse_space(client.download_artifacts(parent.info.run_id, logged[0], tmp)).study["cells"]
+            return parse_space(client.download_artifacts(parent.info.run_id, logged[0], tmp)).study[key]
     except (ValueError, OSError, MlflowException):  # unreadable: every value in every stratum, as before
         return None
 
