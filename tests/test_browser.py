@@ -115,10 +115,14 @@ def test_the_mlflow_ui_lists_the_search_and_its_trials_and_opens_the_report_and_
     d = chromium
 
     d.get(f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs")
-    _wait(d, lambda: parent.info.run_name in _page_text(d), f"the search run {parent.info.run_name}")
+    # Wait on the parent's own link in the runs grid, not on its name in the page text: the run name
+    # ("e2e") is a substring of the experiment's ("smoke-e2e"), which MLflow 3.18's sidebar and
+    # breadcrumb show before the grid has loaded.
+    name_cell = f"//a[contains(@href, '/runs/{parent.info.run_id}')]/ancestor::*[@role='gridcell'][1]"
+    _wait(d, lambda: d.find_elements(By.XPATH, name_cell), f"the search run {parent.info.run_name} in the runs grid")
     _close_assistant(d)
     # Child runs sit collapsed under their parent; the expander is the button in the parent's name cell.
-    row = d.find_element(By.XPATH, f"//a[contains(@href, '{parent.info.run_id}')]/ancestor::*[@role='gridcell'][1]")
+    row = _wait(d, lambda: d.find_elements(By.XPATH, name_cell), "the search run after closing the assistant")[0]
     row.find_element(By.TAG_NAME, "button").click()
     names = [c.info.run_name for c in children]
     _wait(d, lambda: all(n in _page_text(d) for n in names), f"all {len(names)} trial runs")
