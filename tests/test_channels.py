@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from trainables.models import create_model
-from trainables.sparsity import maskable_parameters
+from trainables.sparsity import SparsityError, maskable_parameters
 from trainables.sparsity.channels import TOLERANCE, maskable_weight_count, prune_channels, shape_like
 
 
@@ -38,6 +38,34 @@ def test_a_network_pruned_to_a_target_has_consistent_shapes_and_runs(spec, size,
     else:
         depthwise = [c for c in convs if c.groups > 1]
         assert depthwise and all(c.groups == c.in_channels == c.out_channels for c in depthwise)
+
+
+@pytest.mark.parametrize("spec, multiple, widths", [
+    # ResNet20 (stages of 16, 32, 64 channels) at 0.5 in multiples of 16: stage 1 is as narrow as the
+    # multiple and keeps all 16; stage 2 goes to 16, stage 3 to 48 (0.5175 of the weights kept).
+    ("resnet20", 16, {16, 48}),
+    ("torchvision:resnet18", 16, None),
+])
+def test_pruned_in_multiples_every_layer_that_loses_channels_keeps_a_multiple_of_them(spec, multiple, widths):
+    torch.manual_seed(0)
+    model = create_model(spec, 10)
+    pruned, kept = prune_channels(model, 0.5, 32, multiple=multiple)
+    assert abs(kept - 0.5) <= TOLERANCE
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    after = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    narrowed = {n: c for n, c in after.items() if c != before[n]}
+    assert narrowed and all(c % multiple == 0 for c in narrowed.values()), narrowed
+    if widths is not None:
+        assert set(after.values()) == widths
+    assert pruned.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_density_that_the_multiple_rules_out_is_an_error_naming_the_nearest_one_reached():
+    # ResNet20 in multiples of 16 cannot go below 16 channels per stage: 0.2948 of the weights at the
+    # least, so 0.25 is out of reach.
+    with pytest.raises(SparsityError, match=r"in multiples of 16 channels reaches density 0\.2948 at best, not "
+                                            r"within 0\.02 of 0\.25"):
+        prune_channels(create_model("resnet20", 10), 0.25, 32, multiple=16)
 
 
 def test_a_pruned_state_dict_loads_into_a_fresh_model_reshaped_to_it_and_computes_the_same():

@@ -103,6 +103,9 @@ class DistillConfig:
     # unstructured; channel (whole channels removed: a smaller dense student); or N:M (at most N of every M
     # consecutive input-channel weights). docs/sparsity.md, Patterns
     sparsity_pattern: str = "unstructured"
+    # channel: every pruned layer keeps a multiple of this many channels (Torch-Pruning's round_to), so
+    # vectorised kernels run at full width (8 fp32 lanes in AVX2, 16 in AVX-512). docs/sparsity.md, Patterns
+    channel_multiple: int = 1
     scored_positions: bool = True
     score_per_class: int = 10  # SNIP/GraSP score on this many training images per class (stratified, seeded)
     prune_schedule: str = "one-shot"
@@ -245,7 +248,7 @@ class DistillConfig:
         _in_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
         _in_range("mask_update_end", self.mask_update_end, 0.0, 1.0)
         for k in ("epochs", "batch_size", "teacher_epochs", "prune_steps", "prune_interval", "score_per_class",
-                  "mask_update_interval",
+                  "mask_update_interval", "channel_multiple",
                   "synthetic_size"):
             _in_range(k, getattr(self, k), 1, float("inf"))
         if self.image_size is not None:

@@ -138,7 +138,8 @@ class DistillRun:
         # A channel-pruned student is a smaller dense network; its density is a fraction of this one's weights.
         self.dense_weights = maskable_weight_count(self.student) if cfg.channel else None
         if cfg.channel:
-            self.student, _ = prune_channels(self.student, cfg.density, self.data.image_size)
+            self.student, _ = prune_channels(self.student, cfg.density, self.data.image_size,
+                                             multiple=cfg.channel_multiple)
         # MACs per image, counted once (docs/sparsity.md, "Cost"); the effective count follows the masks.
         self.macs_dense, self.macs_by_layer = count_macs(self.student, self.data.image_size)
         self.teacher_macs = count_macs(self.teacher, self.data.image_size)[0] if self.teacher is not None else None

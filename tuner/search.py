@@ -217,6 +217,7 @@ def preflight(space):
               f"{subset_rounding(cfg, data)}", flush=True)
         for values in space.arm_configs().values():  # the taps of every arm's pair, at the data's real image size
             check_feature_config(DistillConfig.from_dict({**values, **variant}), data.num_classes, data.image_size)
+        check_channel_targets(space, variant, data.num_classes, data.image_size)
     if cfg.student_weights:  # read and fitted once here, so a file that does not fit is one line now
         from trainables.models import create_model
         from trainables.sparsity.layers import layer_roles
@@ -236,6 +237,36 @@ def preflight(space):
             checked_files.add((arm.teacher, arm.teacher_arch))
             check_teacher_file(arm, data, checked)
     return None if gridded else data
+
+
+CHANNEL_KEYS = ("student", "density", "sparsity", "sparsity_pattern", "channel_multiple")
+
+
+def check_channel_targets(space, variant: dict, num_classes: int, image_size: int) -> None:
+    """Every channel-pruned student reaches each density it is given (fixed, or a grid value) in the
+    multiples of channels it is given, before anything is recorded: a target that channel_multiple rules
+    out is one line and exit 2 here, not a failed trial. The widths depend on the architecture, the
+    density and the multiple only (every group loses the same share), so the student's own fresh weights
+    answer for the teacher's copy too. A density drawn from a distribution is checked by its trial."""
+    import itertools
+
+    from trainables.config import DistillConfig
+    from trainables.models import create_model
+    from trainables.sparsity.channels import prune_channels
+
+    params = space.params
+    if any(k in params and next(iter(params[k])) != "grid" for k in CHANNEL_KEYS):
+        return
+    grids = {k: params[k]["grid"] for k in CHANNEL_KEYS if k in params}
+    done = set()
+    for values in space.arm_configs().values():
+        for combo in itertools.product(*grids.values()):
+            cfg = DistillConfig.from_dict({**values, **variant, **dict(zip(grids, combo))})
+            key = (cfg.student, cfg.density, cfg.channel_multiple)
+            if cfg.channel and cfg.density < 1.0 and key not in done:
+                done.add(key)
+                prune_channels(create_model(cfg.student, num_classes), cfg.density, image_size,
+                               multiple=cfg.channel_multiple)
 
 
 def check_teacher_file(cfg, data, checked) -> None:

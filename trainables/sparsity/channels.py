@@ -27,7 +27,7 @@ def _example(model: nn.Module, image_size: int) -> torch.Tensor:
     return torch.zeros(1, 3, image_size, image_size, device=device)
 
 
-def _pruned_copy(model: nn.Module, ratio: float, image_size: int, keep: str) -> nn.Module:
+def _pruned_copy(model: nn.Module, ratio: float, image_size: int, keep: str, multiple: int) -> nn.Module:
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model).eval()  # eval: tracing must not move BatchNorm's running statistics
@@ -35,17 +35,23 @@ def _pruned_copy(model: nn.Module, ratio: float, image_size: int, keep: str) -> 
     with torch.random.fork_rng(devices=[]):  # DepGraph traces with autograd: no no_grad here
         pruner = tp.pruner.BasePruner(pruned, _example(pruned, image_size),
                                       importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=[modules[keep]], global_pruning=False)
+                                      pruning_ratio=ratio, ignored_layers=[modules[keep]], global_pruning=False,
+                                      round_to=multiple if multiple > 1 else None)
         pruner.step()
     return pruned.train(model.training)
 
 
-def prune_channels(model: nn.Module, density: float, image_size: int = 32) -> tuple[nn.Module, float]:
+def prune_channels(model: nn.Module, density: float, image_size: int = 32,
+                   multiple: int = 1) -> tuple[nn.Module, float]:
     """(a copy of `model` with whole channels removed, its measured density): the fraction of the
     original's maskable weights it keeps, within TOLERANCE of `density`. The classifier keeps one output
-    per class; its inputs follow the channels before it."""
+    per class; its inputs follow the channels before it. `multiple` > 1: every pruned layer keeps a
+    multiple of that many channels (Torch-Pruning's round_to), so fewer densities are reachable; one that
+    is not is a SparsityError naming the nearest reached."""
     if not 0.0 < float(density) <= 1.0:
         raise SparsityError(f"density must be in (0, 1], got {density}")
+    if int(multiple) < 1:
+        raise SparsityError(f"channel_multiple must be a whole number >= 1, got {multiple}")
     total = maskable_weight_count(model)
     if density == 1.0:
         return copy.deepcopy(model), 1.0
@@ -53,7 +59,7 @@ def prune_channels(model: nn.Module, density: float, image_size: int = 32) -> tu
     lo, hi, best = 0.0, 1.0, None
     for _ in range(14):  # the kept fraction falls monotonically with the ratio (about as (1 - ratio)^2)
         ratio = (lo + hi) / 2
-        candidate = _pruned_copy(model, ratio, image_size, classifier)
+        candidate = _pruned_copy(model, ratio, image_size, classifier, int(multiple))
         kept = maskable_weight_count(candidate) / total
         if best is None or abs(kept - density) < abs(best[1] - density):
             best = (candidate, kept)
@@ -61,6 +67,10 @@ def prune_channels(model: nn.Module, density: float, image_size: int = 32) -> tu
             break
         lo, hi = (ratio, hi) if kept > density else (lo, ratio)
     if abs(best[1] - density) > TOLERANCE:
+        if multiple > 1:
+            raise SparsityError(f"channel pruning in multiples of {multiple} channels reaches density {best[1]:.4f} "
+                                f"at best, not within {TOLERANCE} of {density}: give another density, or a smaller "
+                                f"channel_multiple")
         raise SparsityError(f"channel pruning reaches density {best[1]:.4f} at best, not within {TOLERANCE} of "
                             f"{density}: the network has too few channels per group for that target")
     return best
