@@ -57,7 +57,10 @@ def prune_channels(model: nn.Module, density: float, image_size: int = 32,
         return copy.deepcopy(model), 1.0
     classifier = layer_roles(model, image_size)["classifier"].removesuffix(".weight")
     lo, hi, best = 0.0, 1.0, None
-    for _ in range(14):  # the kept fraction falls monotonically with the ratio (about as (1 - ratio)^2)
+    # The kept fraction falls with the ratio (about as (1 - ratio)^2). With a multiple it falls in steps, and
+    # jumps back to 1 where a group would round to no channels (Torch-Pruning then leaves it whole), so the
+    # closest fraction seen is kept rather than the last.
+    for _ in range(14):
         ratio = (lo + hi) / 2
         candidate = _pruned_copy(model, ratio, image_size, classifier, int(multiple))
         kept = maskable_weight_count(candidate) / total
