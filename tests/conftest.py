@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,7 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # The node-local caches (unpacked archives, decoded images, teacher outputs) of one test session, so
 # no test finds another session's warm cache. Set before Ray starts: its workers inherit it.
-os.environ.setdefault("SFKD_CACHE", tempfile.mkdtemp(prefix="sfkd-test-cache-"))
+# Removed when the session ends (pytest_unconfigure): a session's teacher outputs reach a gigabyte, and a
+# machine that runs the suite often would fill its disk with them.
+_SESSION_CACHE = None
+if "SFKD_CACHE" not in os.environ:
+    _SESSION_CACHE = os.environ["SFKD_CACHE"] = tempfile.mkdtemp(prefix="sfkd-test-cache-")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def _cifar_source() -> Path | None:
