@@ -227,6 +227,13 @@ CASES = [  # (id, argv, what the line must say)
      "tracking URI http://127.0.0.1:9: no MLflow server answers there"),
     ("export: tracking server that does not answer", ["-m", "tuner.export", "--experiment", "smoke", "--tracking-uri",
                                                        "http://127.0.0.1:9"], "no MLflow server answers there"),
+    ("study arm typo", ["-m", "tuner.search", "--space", "study_methods", "--arms", "kd,sfdk"],
+     "study.only: no arm 'sfdk'; did you mean 'sfkd'?"),
+    ("study arms without their reference", ["-m", "tuner.search", "--space", "study_patterns", "--arms",
+                                            "resnet20_channel_50,resnet18_unstructured_50"],
+     "no arm with sparsity_pattern=unstructured for student=resnet20, density=0.5, so its arms have nothing "
+     "to be paired with; --arms (study.only) left its arms out"),
+    ("arms of a search that has none", S + ["--arms", "kd"], "study.only: the space has no arms to choose from"),
     ("zero samples", S + ["--num-samples", "0"], "search.num_samples: expected an integer >= 1"),
     ("max_t above epochs", S + ["--set", "scheduler.max_t=10"], "scheduler.max_t: 10 exceeds config.epochs (3)"),
     ("set without value", S + ["--set", "density"], "expected key=value"),

@@ -1,6 +1,7 @@
 """Studies: fixed arms x seeds, paired differences with t intervals, test read once per finished run."""
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -572,6 +573,58 @@ def test_study_patterns_records_which_pattern_each_student_and_density_holds():
             assert {("unstructured", (student, d)), ("channel", (student, d))} <= cells
     assert len(cells) == 10
     assert parse_space("study_methods").study["cells"] is None  # arms x grid: every value in every stratum
+
+
+def test_arms_runs_only_the_named_arms_of_a_study_and_its_design_lists_only_them():
+    # --arms resnet20_unstructured_50,resnet20_channel_50 is study.only: two of study_patterns' ten arms.
+    only = ["resnet20_unstructured_50", "resnet20_channel_50"]
+    space = parse_space("study_patterns", {"study.only": only})
+    assert list(space.arm_configs()) == only
+    assert {(v, tuple(c)) for v, c in space.study["cells"]} == {("unstructured", ("resnet20", "0.5")),
+                                                                 ("channel", ("resnet20", "0.5"))}
+    assert space.study["only"] == only and space.study["arms"] == ["unstructured", "channel"]
+    assert space.arm_configs()["resnet20_channel_50"]["channel_multiple"] == 16  # the arm's own recipe
+
+
+@pytest.mark.parametrize("only, message", [
+    (["resnet20_channel_50", "resnet18_unstructured_50"],
+     "study.reference: no arm with sparsity_pattern=unstructured for student=resnet20, density=0.5, so its arms "
+     "have nothing to be paired with; --arms (study.only) left its arms out"),
+    (["resnet20_channel_50"], "study.reference: 'unstructured' is not one of the compared values (channel); "
+                              "--arms (study.only) left its arms out"),
+    (["resnet20_chanel_50"], "study.only: no arm 'resnet20_chanel_50'; did you mean 'resnet20_channel_50'?"),
+    (["resnet20_dense", "resnet20_dense"], "study.only: an arm is named twice"),
+    ([], "study.only: expected arm names"),
+])
+def test_arms_that_cannot_run_as_a_study_are_one_line_errors(only, message):
+    with pytest.raises(SpaceError, match=re.escape(message)):
+        parse_space("study_patterns", {"study.only": only})
+
+
+def test_a_study_of_some_arms_reads_its_design_from_the_space_file_with_those_arms_only(tmp_path):
+    # The design too long for a param comes from the logged space file, read with the arms that ran: a
+    # table of two arms must not list the other eight as not run.
+    from tuner.spaces import SPACES_DIR
+    from tuner.study import IN_SPACE_FILE
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("study_patterns", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp).info.run_id
+    for k, v in {"study.compare_by": "sparsity_pattern", "study.reference": "unstructured", "study.seeds": "1",
+                 "study.strata": "student,density", "study.arms": "unstructured,channel", "study.cells": IN_SPACE_FILE,
+                 "study.only": "resnet18_unstructured_50,resnet18_channel_50"}.items():
+        client.log_param(parent, k, v)
+    client.log_artifact(parent, str(SPACES_DIR / "study_patterns.yaml"), "space")
+    for pattern, val in (("unstructured", 60.0), ("channel", 58.0)):
+        child = client.create_run(exp, tags={PARENT_TAG: parent, "sfkd.status": "completed"}).info.run_id
+        for k, v in {"sparsity_pattern": pattern, "student": "torchvision:resnet18", "density": "0.5",
+                     "seed": "0"}.items():
+            client.log_param(child, k, v)
+        client.log_metric(child, "val_acc", val, step=1)
+    table = study_table(client, client.get_run(parent))
+    assert [r["label"] for r in table["rows"]] == ["unstructured, student=torchvision:resnet18, density=0.5",
+                                                   "channel, student=torchvision:resnet18, density=0.5"]
+    assert table["family"] == 1 and not [r for r in table["rows"] if r["missing"]]
 
 
 def test_a_study_recorded_before_the_design_param_reads_its_design_from_the_space_file_it_logged(tmp_path):

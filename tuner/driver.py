@@ -275,6 +275,8 @@ def run_search(space, storage: RunStorage, name: str, args, argv: list[str], res
                 params["study.first_seed"] = space.study["first_seed"]
             if space.study["confirms"]:
                 params["study.confirms"] = space.study["confirms"]
+            if space.study["only"]:  # --arms: the space file logged below holds more arms than ran
+                params["study.only"] = ",".join(space.study["only"])
             # The design ("null" cells: every value in every stratum). One longer than a param holds would
             # be cut (a confirmation of 6 configs has 15 contrasts): the table reads it from the space file.
             for key in ("contrasts", "cells"):

@@ -35,6 +35,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--seeds", type=int, help=(
         "run every arm with seeds 0..N-1 as a study (study.seeds): FIFO, nothing selected, a comparison table "
         "with paired differences, and each finished run's test accuracy"))
+    p.add_argument("--arms", metavar="A,B", help=(
+        "run only these arms of a study (study.only), e.g. the arms whose recipe changed; each must keep the "
+        "reference arm it is paired with"))
     p.add_argument("--confirm", metavar="K,N", type=confirm_flag, help=(
         "after the search, run its K best configs again with N new seeds each (K x N more runs, FIFO, "
         "validation only) and export the best mean (search.confirm: {top: K, seeds: N}); off by default"))
@@ -90,6 +93,8 @@ def cli_overrides(a) -> dict:
         o["study.seeds"] = a.seeds
     if a.confirm is not None:
         o["search.confirm"] = a.confirm
+    if a.arms is not None:
+        o["study.only"] = [name.strip() for name in a.arms.split(",")]
     return o
 
 

@@ -26,7 +26,7 @@ RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
 # A study: every arm with seeds 0..seeds-1, compared by `by` (`arm`, a grid key, or a key the arms set)
 # against `reference`, separately within each stratum (the values of the `strata` keys and other grid keys).
 STUDY_DEFAULTS = {"seeds": 1, "by": None, "reference": None, "strata": None, "correction": "holm", "contrasts": None,
-                  "first_seed": 0, "confirms": None}
+                  "first_seed": 0, "confirms": None, "only": None}
 STUDY_CORRECTIONS = ("holm", "bonferroni", "none")  # over all the comparisons of a study's table
 
 
@@ -210,6 +210,8 @@ def parse_space(name: str, overrides: dict | None = None) -> Space:
         if scheduler["type"] != "fifo":
             space.warnings.append(f"note: {where}: a study stops nothing early; it runs under FIFO, not ASHA")
             scheduler["type"] = "fifo"
+        if space.study["only"] is not None:
+            space.arms = _only_arms(where, space.arms, space.study["only"])
     validate_space(space, where)
     if space.study is not None:
         make_study(space, where)
@@ -257,9 +259,10 @@ def make_study(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: study.by: {by!r} is neither arm, a grid key nor a key the arms set"
                          f"{did_you_mean(by, ['arm', *grids, *arm_keys])}")
     reference = str(st["reference"]) if st["reference"] is not None else values[0]
+    left_out = "; --arms (study.only) left its arms out" if st["only"] is not None else ""
     if reference not in values:
         raise SpaceError(f"{where}: study.reference: {reference!r} is not one of the compared values "
-                         f"({', '.join(values)}){did_you_mean(reference, values)}")
+                         f"({', '.join(values)}){did_you_mean(reference, values) or left_out}")
     contrasts = _contrasts(where, st["contrasts"], values)
     if given:
         keys = set(DistillConfig.keys())
@@ -267,7 +270,7 @@ def make_study(space: Space, where: str) -> None:
             if k not in keys or k in (by, "arm", "seed"):
                 raise SpaceError(f"{where}: study.strata: {k!r} is not a config key that can group arms"
                                  f"{did_you_mean(k, keys)}")
-        cells = _check_strata(where, space, by, reference, given)
+        cells = _check_strata(where, space, by, reference, given, left_out)
         strata = list(given) + [k for k in grids if k != by and k not in given]
     else:
         # The other grid dimensions are strata: an arm is paired with the reference of its own stratum.
@@ -275,7 +278,7 @@ def make_study(space: Space, where: str) -> None:
         cells = None  # every compared value runs in every stratum
     space.study = {"seeds": st["seeds"], "by": by, "reference": reference, "arms": values, "strata": strata,
                    "correction": st["correction"], "contrasts": contrasts, "first_seed": st["first_seed"],
-                   "confirms": st["confirms"], "cells": cells}
+                   "confirms": st["confirms"], "cells": cells, "only": st["only"]}
     space.search["searcher"] = "grid" if space.search["searcher"] == "optuna" else space.search["searcher"]
     space.search["num_samples"] = 1  # the grid is the study: arms x seeds, each run once
     # A confirmation chooses among a search's configs: it reads validation only, never the test split.
@@ -304,7 +307,7 @@ def _contrasts(where, given, values: list[str]) -> list[list[str]] | None:
     return out
 
 
-def _check_strata(where, space: Space, by: str, reference: str, strata: list) -> list[list]:
+def _check_strata(where, space: Space, by: str, reference: str, strata: list, left_out: str = "") -> list[list]:
     """Within each stratum every compared value appears once, and the reference is there to pair with.
     Returns the design: [[value, [stratum values]], ...], the compared values each stratum of arms holds
     (a dense arm has no channel twin: its stratum's table must not list a channel row as not run)."""
@@ -323,8 +326,27 @@ def _check_strata(where, space: Space, by: str, reference: str, strata: list) ->
         if reference not in values:
             raise SpaceError(f"{where}: study.reference: no arm with {by}={reference} for "
                              f"{', '.join(f'{k}={v}' for k, v in zip(strata, stratum))}, so its arms have nothing "
-                             f"to be paired with")
+                             f"to be paired with{left_out}")
     return [[value, list(stratum)] for stratum, values in seen.items() for value in values]
+
+
+def _only_arms(where, arms: dict, only) -> dict:
+    """`study.only` (--arms a,b): run these arms of the study and no others, for example the arms whose
+    recipe changed since the study last ran. make_study then checks that each of them still has its
+    reference arm to be paired with."""
+    if isinstance(only, str):
+        only = [a.strip() for a in only.split(",")]
+    if not arms:
+        raise SpaceError(f"{where}: study.only: the space has no arms to choose from")
+    if not isinstance(only, list) or not only or not all(isinstance(a, str) and a for a in only):
+        raise SpaceError(f"{where}: study.only: expected arm names, e.g. --arms {','.join(list(arms)[:2])}")
+    for name in only:
+        if name not in arms:
+            raise SpaceError(f"{where}: study.only: no arm {name!r}{did_you_mean(name, list(arms))}; the arms are "
+                             f"{', '.join(arms)}")
+    if len(set(only)) != len(only):
+        raise SpaceError(f"{where}: study.only: an arm is named twice ({', '.join(only)})")
+    return {name: recipe for name, recipe in arms.items() if name in only}
 
 
 def _arms(where, raw, keys: set, params: dict) -> dict:

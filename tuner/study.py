@@ -380,7 +380,7 @@ IN_SPACE_FILE = "space"  # a study param too long for MLflow: read it from the s
 def study_param(client: MlflowClient, parent, key: str, absent=IN_SPACE_FILE):
     """A study's design param (`cells`, `contrasts`) as JSON from its parent run. Where it did not fit a
     param (IN_SPACE_FILE), or for `cells` a study recorded before it existed, it comes from the space file
-    logged with the parent (`space/`)."""
+    logged with the parent (`space/`), read with the arms the study ran (`study.only`, --arms)."""
     value = parent.data.params.get(f"study.{key}", absent)
     if value != IN_SPACE_FILE:
         return json.loads(value) if value else None
@@ -389,7 +389,9 @@ def study_param(client: MlflowClient, parent, key: str, absent=IN_SPACE_FILE):
         if len(logged) != 1:
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            return parse_space(client.download_artifacts(parent.info.run_id, logged[0], tmp)).study[key]
+            only = parent.data.params.get("study.only")
+            return parse_space(client.download_artifacts(parent.info.run_id, logged[0], tmp),
+                               {"study.only": only.split(",")} if only else None).study[key]
     except (ValueError, OSError, MlflowException):  # unreadable: every value in every stratum, as before
         return None
 
