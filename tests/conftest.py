@@ -22,6 +22,20 @@ def pytest_unconfigure(config):
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_does_not_leak():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ (MLflow 3), so a test that
+    calls it, or our code that does (the final run's model logging), would send every later subprocess
+    to that test's mlflow.db, a folder pytest has removed by then. Each test ends with the variable it
+    started with."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets the variable
+
+
 def _cifar_source() -> Path | None:
     for var in ("SFKD_CIFAR10_DIR", "SFKD_CIFAR10_ARCHIVE"):
         if os.environ.get(var):
