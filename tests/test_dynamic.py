@@ -94,16 +94,29 @@ def test_every_layer_keeps_its_count_after_every_update_with_every_init(tmp_path
     run.check_sparsity()
 
 
-def test_a_run_stopped_between_two_updates_and_resumed_moves_its_masks_as_an_uninterrupted_one(tmp_path):
-    cfg = {**BASE, "mask_update": "set", "mask_update_interval": 5, "cache_dir": str(tmp_path)}
+@pytest.mark.parametrize("kind", ["set", "rigl"])
+def test_a_run_stopped_between_two_updates_and_resumed_moves_its_masks_as_an_uninterrupted_one(tmp_path, kind):
+    cfg = {**BASE, "mask_update": kind, "mask_update_interval": 5, "cache_dir": str(tmp_path)}
     whole = DistillRun(cfg, device="cpu")
     expected = [whole.step() for _ in range(3)]
     first = DistillRun(cfg, device="cpu")
+    initial = _counts(first)
     got = [first.step()]  # epoch 1 ends at step 8, between the updates at steps 5 and 10
     state = first.state_dict()
     resumed = DistillRun(cfg, device="cpu")
     resumed.load_state_dict(state)
+    updater, counts_after = resumed.mask_updater, []
+    original = updater.after_step
+
+    def counted(step):  # every update of the resumed run keeps each layer's initial count
+        original(step)
+        if updater.due(step):
+            counts_after.append((step, _counts(resumed)))
+
+    updater.after_step = counted
     got += [resumed.step() for _ in range(2)]
+    assert [s for s, _ in counts_after] == [10, 15]  # 8 steps an epoch; updates below 0.75 x 24 = 18
+    assert all(c == initial for _, c in counts_after)
     for a, b in zip(expected, got):
         for key in ("loss", "train_acc", "val_acc", "mask_moved", "mask_updates", "mask_overlap_initial"):
             assert a[key] == b[key], key
