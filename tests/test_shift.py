@@ -7,33 +7,64 @@ from PIL import Image
 from trainables import DistillRun
 from trainables.config import ConfigError, DistillConfig
 from trainables.data import load_splits
-from trainables.data.shift import centre_overlap, object_cells, shift_split
+from trainables.data.shift import centre_overlap, fade, object_cells, shift_split, shuffle_tiles
 
 
 def _solid_tree(root, per_class=10, test_per_class=4):
-    """An ImageFolder tree of solid 8x8 images, each in a colour of its own: (k, k, k) with k unique, so
-    every pixel of a shifted canvas says which source image it came from."""
-    k = 1
+    """An ImageFolder tree of solid 8x8 images, each in a colour of its own: (k, k, k) with k a unique
+    multiple of 4, so every pixel of a shifted canvas says which source image it came from, faded or not
+    (a quarter of k plus 96 is again unique)."""
+    k = 4
     for split, n in (("train", per_class), ("test", test_per_class)):
         for c in ("a", "b"):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
                 Image.new("RGB", (8, 8), (k, k, k)).save(root / split / c / f"{i}.png")
-                k += 1
+                k += 4
     return root
 
 
-def _colours(x: torch.Tensor) -> set[int]:
-    return set(x[:, 0].flatten().tolist())
+def _faded(k: int) -> int:
+    return k // 4 + 96  # a quarter of the contrast around 128: 0.25 k + 0.75 x 128, exact for multiples of 4
+
+
+def test_the_clutter_is_another_image_cut_into_shuffled_tiles_at_a_quarter_of_its_contrast():
+    image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)  # four 2x2 tiles: 0 1 4 5 | 2 3 6 7 | ...
+    reversed_tiles = shuffle_tiles(image, torch.tensor([[3, 2, 1, 0]]), 2)
+    assert reversed_tiles[0, 0].tolist() == [[10, 11, 8, 9], [14, 15, 12, 13], [2, 3, 0, 1], [6, 7, 4, 5]]
+    assert torch.equal(shuffle_tiles(image, torch.tensor([[0, 1, 2, 3]]), 2), image)
+    # 0.25 x value + 96, rounded half to even: 0 -> 96, 2 -> 96.5 -> 96, 6 -> 97.5 -> 98, 255 -> 159.75 -> 160.
+    assert fade(torch.tensor([0, 2, 6, 128, 255], dtype=torch.uint8)).tolist() == [96, 96, 98, 128, 160]
+    # On a canvas: images already of the canvas's size (12 px, so the resize changes nothing), tiles of 2 px.
+    x = torch.zeros(2, 3, 12, 12, dtype=torch.uint8)
+    for q, (r, c) in enumerate(((0, 0), (0, 6), (6, 0), (6, 6))):
+        x[0, :, r:r + 6, c:c + 6] = 40 * (q + 1)  # image 0: four quadrants of 3 x 3 tiles each
+    x[1] = 200  # image 1 is solid: the whole background of image 0
+    out, corners = shift_split(x, 12, 4, 0, "train")
+    top, left = corners[0].tolist()
+    background = out[0, 0].clone()
+    background[top:top + 4, left:left + 4] = 0
+    assert set(background.unique().tolist()) == {0, 146}  # 200 faded: 50 + 96
+    # Image 1's background is image 0: its 36 tiles, each whole and of one quadrant's faded colour (106,
+    # 116, 126, 136), nine of each, in another order than the quadrants'.
+    tiles = out[1, 0].view(6, 2, 6, 2).permute(0, 2, 1, 3).reshape(36, 4).clone().long()
+    top, left = corners[1].tolist()
+    hidden = {(top // 2 + i) * 6 + left // 2 + j for i in range(3) for j in range(3)}  # under the object, at most
+    seen = [int(t[0]) for n, t in enumerate(tiles) if n not in hidden and len(set(t.tolist())) == 1]
+    assert set(seen) <= {106, 116, 126, 136} and len(seen) >= 36 - 9
+    layout = fade(x[:1, :1])[0, 0].view(6, 2, 6, 2).permute(0, 2, 1, 3).reshape(36, 4)[:, 0].tolist()
+    assert any(int(tiles[n][0]) != layout[n] for n in range(36) if n not in hidden)  # shuffled, not in place
 
 
 def test_each_canvas_is_its_own_object_at_its_corner_over_another_image_of_the_same_split(tmp_path):
     s = load_splits("imagefolder", str(_solid_tree(tmp_path)), val_fraction=0.25, shift=24, shift_object=8)
     assert s.train_x.shape[1:] == (3, 24, 24) and s.object_side == 8
     assert {k: len(v) for k, v in s.object_corners.items()} == {"train": 16, "val": 4, "test": 8}  # 2 of 10 per class held out
+    sources = {}  # the source images (their colours k) each split's objects and clutter come from
     for split, x in (("train", s.train_x), ("val", s.val_x), ("test", s.test_x)):
         corners = s.object_corners[split]
         objects = {int(x[i, 0, top, left]) for i, (top, left) in enumerate(corners.tolist())}
+        sources[split] = set(objects)
         assert len(objects) == len(x)  # every image of the split is an object once
         for i, (top, left) in enumerate(corners.tolist()):
             canvas = x[i, 0]
@@ -42,10 +73,12 @@ def test_each_canvas_is_its_own_object_at_its_corner_over_another_image_of_the_s
             outside = canvas.clone()
             outside[top:top + 8, left:left + 8] = 0
             background = set(outside.unique().tolist()) - {0}
-            assert len(background) <= 1 and background <= objects - {int(inside[0, 0])}  # another image, same split
+            others = {_faded(k) for k in objects - {int(inside[0, 0])}}
+            assert len(background) <= 1 and background <= others  # another image of the same split, faded
+            sources[split] |= {4 * (v - 96) for v in background}
     # Train, validation and test draw objects and clutter from disjoint sets of source images.
-    assert _colours(s.train_x).isdisjoint(_colours(s.val_x))
-    assert _colours(s.train_x).isdisjoint(_colours(s.test_x)) and _colours(s.val_x).isdisjoint(_colours(s.test_x))
+    assert sources["train"].isdisjoint(sources["val"]) and sources["train"].isdisjoint(sources["test"])
+    assert sources["val"].isdisjoint(sources["test"])
 
 
 def test_shift_is_a_fixed_function_of_split_seed_the_same_in_every_run_arm_and_seed(tmp_path):
@@ -85,13 +118,14 @@ def test_the_object_cells_are_the_map_cells_its_box_covers():
 
 
 def test_shift_split_never_uses_an_image_as_its_own_background():
-    x = torch.arange(1, 51, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 3, 4, 4).contiguous()
+    x = (4 * torch.arange(1, 51, dtype=torch.uint8)).view(50, 1, 1, 1).expand(50, 3, 4, 4).contiguous()
     out, corners = shift_split(x, 12, 4, 0, "train")
     for i, (top, left) in enumerate(corners.tolist()):
         canvas = out[i, 0].clone()
-        assert int(canvas[top, left]) == i + 1
+        assert int(canvas[top, left]) == 4 * (i + 1)
         canvas[top:top + 4, left:left + 4] = 0
-        assert set(canvas.unique().tolist()) - {0} and i + 1 not in canvas.unique().tolist()
+        background = set(canvas.unique().tolist()) - {0}
+        assert len(background) == 1 and background != {_faded(4 * (i + 1))}  # one other image, never itself
 
 
 @pytest.mark.parametrize("values,message", [
@@ -145,3 +179,22 @@ def test_a_teacher_trained_on_shifted_data_records_and_prints_where_it_looks(tmp
     test_corners = load_splits("synthetic", synthetic_size=300, shift=48).object_corners["test"]
     assert shares["centre_overlap"] == pytest.approx(overlap(test_corners, 16, 48).mean().item())
     assert f"inside the objects' cells {shares['object_share']:.3f}" in capsys.readouterr().out
+
+
+def test_a_cached_auto_teacher_of_shifted_data_is_keyed_by_the_canvases_definition(monkeypatch):
+    import hashlib
+    import json
+
+    from tuner import driver
+    from tuner.teacher_training import teacher_config
+
+    def old_key(cfg):  # the key every auto teacher had before the canvases' definition joined it
+        return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+    plain = teacher_config("resnet56", "cifar10", 20, train_subset=10000, lr_schedule="cosine")
+    assert driver.auto_teacher_file(plain) == f"teachers/resnet56-cifar10-e20-train-{old_key(plain)}.pt"  # unchanged
+    shifted = teacher_config("resnet56", "cifar10", 20, train_subset=10000, lr_schedule="cosine", shift=48)
+    now = driver.auto_teacher_file(shifted)
+    assert now != f"teachers/resnet56-cifar10-e20-train-{old_key(shifted)}.pt"  # no file of the old canvases
+    monkeypatch.setattr(driver, "SHIFT_BACKGROUND", "another definition")
+    assert driver.auto_teacher_file(shifted) != now and driver.auto_teacher_file(plain).endswith(f"{old_key(plain)}.pt")

@@ -51,7 +51,7 @@ class DistillConfig:
     # size (32 for synthetic data). Augmentation follows it (docs/method.md, "Image sizes").
     image_size: int | None = None
     # Off-centre objects: each image pasted at a position fixed by split_seed on a canvas of this side, over
-    # another image of its split; shift_object is the object's side (default a third of the canvas).
+    # another image of its split in shuffled, faded tiles; shift_object is the object's side (default a third of the canvas).
     # docs/datasets.md, "Off-centre objects"
     shift: int | None = None
     shift_object: int | None = None

@@ -14,6 +14,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from trainables import SFKDTrainable
 from trainables.config import DistillConfig
+from trainables.data.shift import SHIFT_BACKGROUND
 from trainables.inputs import SPLIT_KEYS, TrialInputs, load_run_splits, split_args, splits_bytes
 from trainables.models.sources import file_slug
 from trainables.ray_trainable import CHECKPOINT_FILE
@@ -103,6 +104,17 @@ def resolve_teacher(space, storage: RunStorage, inputs: TrialInputs) -> list[tup
     return list(teachers.values())
 
 
+def auto_teacher_file(tcfg: DistillConfig) -> str:
+    """Where an auto teacher of this recipe is cached in a search's storage: named by a hash of the recipe,
+    and for shifted data of the canvases' definition too (it is part of the teacher's data; unshifted
+    files keep the keys they had)."""
+    identity = tcfg.to_dict()
+    if tcfg.shift is not None:
+        identity["shift_background"] = SHIFT_BACKGROUND
+    key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"teachers/{file_slug(tcfg.student)}-{tcfg.dataset}-e{tcfg.epochs}-train-{key}.pt"
+
+
 def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs) -> tuple[Path, float]:
     for key in ("teacher_arch", "teacher_epochs", "dataset", "split_seed", "val_fraction"):
         if key in space.params:
@@ -121,8 +133,7 @@ def _auto_teacher(space, values: dict, storage: RunStorage, inputs: TrialInputs)
     if base.teacher_lr_schedule is not None:  # left out otherwise: the recipe's own, and cached files keep their key
         recipe["lr_schedule"] = base.teacher_lr_schedule
     tcfg = teacher_config(base.teacher_arch, base.dataset, epochs, **{k: v for k, v in recipe.items() if k != "dataset"})
-    key = hashlib.sha1(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    rel = f"teachers/{file_slug(base.teacher_arch)}-{base.dataset}-e{epochs}-train-{key}.pt"
+    rel = auto_teacher_file(tcfg)
     path = storage.local_root / rel
     if path.exists() or storage.exists(rel):
         storage.fetch(rel, path)
